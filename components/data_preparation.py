@@ -1,0 +1,1271 @@
+"""Prepare an image-classification dataset as TFRecord files for the pipeline.
+
+The source is the official CIFAR-10 binary archive (downloaded or local), or an archive or
+folder of images in `train/<class>/` and `test/<class>/` folders. The output folder
+`<data_root>/<name>-<12 hex digits>/` contains:
+
+    train/train-00000-of-00005.tfrecord ...   uncompressed TFRecord files, at most 10,000
+    eval/eval-00000-of-00001.tfrecord ...     tf.train.Example records per file
+    test/test-00000-of-00001.tfrecord ...
+    label_names.txt                           one class name per line, line i is label i
+    manifest.json                             written last; marks the folder complete
+
+Each tf.train.Example has exactly two features: `image_raw` (bytes, the encoded image) and
+`label` (int64). Images of the official binary archive are encoded as PNG. Images from a
+folder keep their original bytes when they are JPEG, PNG, GIF or BMP; other formats are
+converted to PNG. Decode `image_raw` with `tf.io.decode_image(..., expand_animations=False)`
+so that GIF files yield a single frame.
+
+Command line: `python -m components.data_preparation --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import http.client
+import io
+import json
+import logging
+import math
+import numbers
+import operator
+import os
+import pathlib
+import posixpath
+import re
+import secrets
+import shutil
+import socket
+import sys
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+# md5 published on the dataset's home page, https://www.cs.toronto.edu/~kriz/cifar.html
+OFFICIAL_CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+SPLITS = ("train", "eval", "test")
+
+# Bump when the output layout or the example encoding changes, so old outputs are not reused.
+FORMAT_VERSION = 1
+MAX_EXAMPLES_PER_SHARD = 10_000
+# Socket timeout in seconds for connecting and for each read of the download.
+DOWNLOAD_TIMEOUT_SECONDS = 60
+
+_OFFICIAL_ARCHIVE_NAME = posixpath.basename(OFFICIAL_CIFAR10_URL)
+_BINARY_LAYOUT = "cifar10-binary"
+_IMAGES_LAYOUT = "images"
+_LAYOUTS = (_BINARY_LAYOUT, _IMAGES_LAYOUT)
+
+# Official binary format: each record is 1 label byte followed by 3072 pixel bytes, which are
+# the 32x32 red, green and blue channels in that order, each row-major.
+_BINARY_FOLDER = "cifar-10-batches-bin"
+_BINARY_TRAIN_FILES = tuple(f"data_batch_{number}.bin" for number in range(1, 6))
+_BINARY_TEST_FILE = "test_batch.bin"
+_BINARY_META_FILE = "batches.meta.txt"
+_IMAGE_SIDE = 32
+_BINARY_RECORD_BYTES = 1 + 3 * _IMAGE_SIDE * _IMAGE_SIDE
+
+# Formats whose bytes are written unchanged; tf.io.decode_image reads all four.
+_KEPT_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP"})
+# Image modes that PIL writes to PNG without conversion.
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
+# Top-level entries that archive tools add and that are not part of a dataset.
+_IGNORED_TOP_LEVEL = frozenset({"__MACOSX"})
+
+_READ_CHUNK_BYTES = 1 << 20
+_MEGABYTE = 1_000_000
+
+_SOURCE_HINT = (
+    "pass --source PATH (the `source` argument of prepare_dataset) with a local copy of the "
+    f"archive ({_OFFICIAL_ARCHIVE_NAME}) or a folder of images in train/<class>/ and "
+    "test/<class>/ folders"
+)
+
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+# Name of a temporary file or folder: ".<label>.tmp-<host>-<pid>-<8 hex digits>".
+_TEMPORARY_NAME = re.compile(
+    r"^\.(?P<label>.+)\.tmp-(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)-[0-9a-f]{8}$"
+)
+
+
+class DataPreparationError(ValueError):
+    """Invalid input or a failed step; the message names the value and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """A complete output folder of prepare_dataset."""
+
+    root: pathlib.Path
+    label_names: tuple[str, ...]
+    split_counts: dict[str, int]
+    reused: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    eval_fraction: float
+    seed: int
+    max_examples_per_split: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceSplit:
+    """Examples of one source split: labels, and a function returning the image bytes of one."""
+
+    labels: np.ndarray
+    encode: Callable[[int], bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceData:
+    layout: str
+    label_names: tuple[str, ...]
+    train: _SourceSplit
+    test: _SourceSplit
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageListing:
+    """Image files of an image-folder layout, sorted by class and file name."""
+
+    label_names: tuple[str, ...]
+    files: dict[str, list[tuple[pathlib.Path, int]]]  # "train"/"test" -> (path, label) pairs
+
+
+class _ProgressLog:
+    """Logs `done of total` at every 10 % of a loop."""
+
+    def __init__(self, description: str, total: int) -> None:
+        self._description = description
+        self._total = total
+        self._step = max(1, math.ceil(total / 10))
+        self._done = 0
+
+    def advance(self) -> None:
+        self._done += 1
+        if self._done % self._step == 0 or self._done == self._total:
+            percent = 100 * self._done // self._total
+            logger.info("%s: %d of %d (%d%%)", self._description, self._done, self._total, percent)
+
+
+# --- Public API --------------------------------------------------------------------------
+
+
+def prepare_dataset(
+    source: str,
+    data_root: str | os.PathLike,
+    *,
+    eval_fraction: float = 0.1,
+    seed: int = 42,
+    max_examples_per_split: int | None = None,
+    expected_md5: str | None = None,
+) -> PreparedData:
+    """Write the train, eval and test TFRecord splits of `source` below `data_root`.
+
+    `source` is an http(s) URL of an archive, a local archive (.tar, .tar.gz, .tgz, .zip) or
+    a folder. The archive or folder holds either the official CIFAR-10 binary layout or
+    images in `train/<class>/` and `test/<class>/` folders. The eval split is
+    `eval_fraction` of each class of the train split. The test split is the source's test
+    split. `max_examples_per_split` caps train (before eval is carved out) and test,
+    balanced across classes. `seed` drives all random choices, so the same inputs give the
+    same files.
+
+    When a complete output for the same source identity and options exists, it is returned
+    with `reused=True` and left unchanged.
+
+    Raises:
+        DataPreparationError: for invalid options, an unreadable or unsafe source, a failed
+            download or an md5 mismatch.
+    """
+    source = os.fspath(source)
+    options = _Options(
+        eval_fraction=_validate_eval_fraction(eval_fraction),
+        seed=_validate_seed(seed),
+        max_examples_per_split=_validate_max_examples(max_examples_per_split),
+    )
+    expected_md5 = _normalize_md5(expected_md5)
+    root = pathlib.Path(data_root).expanduser().absolute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataPreparationError(
+            f"Cannot create the data root {str(root)!r}: {error}. Pass a writable --data-root."
+        ) from error
+    _remove_stale_temporaries(root)
+
+    if source.lower().startswith(("http://", "https://")):
+        return _prepare_from_url(source, root, options, expected_md5)
+    if "://" in source:
+        raise DataPreparationError(
+            f"Unsupported URL scheme in source {source!r}; only http:// and https:// URLs "
+            f"can be downloaded. Otherwise {_SOURCE_HINT}."
+        )
+    path = pathlib.Path(source).expanduser()
+    if path.is_dir():
+        if expected_md5 is not None:
+            raise DataPreparationError(
+                f"An expected md5 ({expected_md5}) was given, but source {source!r} is a "
+                "folder; the md5 check applies only to an archive file or URL. Drop --md5."
+            )
+        return _prepare_from_folder(path, root, options)
+    if path.is_file():
+        return _prepare_from_archive(path, root, options, expected_md5)
+    raise DataPreparationError(
+        f"Source {source!r} was not found. Pass an http(s) URL, an archive file (.tar, "
+        ".tar.gz, .tgz, .zip) or a folder with train/<class>/ and test/<class>/ images."
+    )
+
+
+def read_label_names(root: str | os.PathLike) -> tuple[str, ...]:
+    """Read label_names.txt of a prepared dataset folder; element i is the name of label i."""
+    path = pathlib.Path(root) / "label_names.txt"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise DataPreparationError(
+            f"{path} was not found. Pass the folder that prepare_dataset returned "
+            "(PreparedData.root), which contains label_names.txt."
+        ) from error
+    names = tuple(text.splitlines())
+    if not names:
+        raise DataPreparationError(f"{path} is empty; prepare the dataset again.")
+    for line_number, name in enumerate(names, start=1):
+        if not name:
+            raise DataPreparationError(
+                f"{path} line {line_number} is empty, so the labels after it would shift; "
+                "prepare the dataset again."
+            )
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns 0 on success and 2 on invalid input."""
+    args = _build_argument_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        prepared = prepare_dataset(
+            args.source,
+            args.data_root,
+            eval_fraction=args.eval_fraction,
+            seed=args.seed,
+            max_examples_per_split=args.max_examples_per_split,
+            expected_md5=args.md5,
+        )
+    except DataPreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{split}={count}" for split, count in prepared.split_counts.items())
+    print(f"Dataset folder: {prepared.root}")
+    print(f"Label names ({len(prepared.label_names)}): {', '.join(prepared.label_names)}")
+    print(f"Examples per split: {counts}")
+    print(f"Reused existing output: {'yes' if prepared.reused else 'no'}")
+    return 0
+
+
+def _build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.data_preparation",
+        description=(
+            "Write CIFAR-10, or any dataset of images in train/<class>/ and test/<class>/ "
+            "folders, as train, eval and test TFRecord files of tf.train.Example records "
+            "with the features image_raw (encoded image bytes) and label (int64)."
+        ),
+    )
+    parser.add_argument(
+        "--source",
+        default=OFFICIAL_CIFAR10_URL,
+        help=(
+            "http(s) URL of an archive, a local archive (.tar, .tar.gz, .tgz, .zip) or a "
+            "folder; the archive or folder holds the official CIFAR-10 binary layout or images "
+            "in train/<class>/ and test/<class>/ folders (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--data-root",
+        required=True,
+        help=(
+            "folder for downloads and prepared datasets; the output goes to "
+            "DATA_ROOT/<name>-<12 hex digits>/"
+        ),
+    )
+    parser.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.1,
+        help=(
+            "fraction of each class of the train split moved to the eval split, "
+            "0 < fraction < 1 (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of the random subsampling, eval selection and shuffling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-examples-per-split",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            "maximum number of examples taken for train (before eval is carved out) and for "
+            "test, balanced across classes; for quick runs (default: all examples)"
+        ),
+    )
+    parser.add_argument(
+        "--md5",
+        default=None,
+        metavar="HEX",
+        help=(
+            "expected md5 of the archive, 32 hex digits (default: the published md5 for the "
+            f"official URL or a local file named {_OFFICIAL_ARCHIVE_NAME}, else no check)"
+        ),
+    )
+    return parser
+
+
+# --- Option checks -----------------------------------------------------------------------
+
+
+def _validate_eval_fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DataPreparationError(
+            f"eval_fraction must be a number between 0 and 1, got {value!r}; for example 0.1."
+        )
+    fraction = float(value)
+    if not 0.0 < fraction < 1.0:  # also false for NaN
+        raise DataPreparationError(
+            f"eval_fraction must be greater than 0 and less than 1, got {value!r}; "
+            "for example 0.1."
+        )
+    return fraction
+
+
+def _validate_seed(value: object) -> int:
+    try:
+        seed = operator.index(value)
+    except TypeError as error:
+        raise DataPreparationError(f"seed must be an integer, got {value!r}.") from error
+    if isinstance(value, bool) or not 0 <= seed < 2**32:
+        raise DataPreparationError(
+            f"seed must be an integer from 0 to 2**32 - 1 (numpy RandomState), got {value!r}."
+        )
+    return seed
+
+
+def _validate_max_examples(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        limit = operator.index(value)
+    except TypeError as error:
+        raise DataPreparationError(
+            f"max_examples_per_split must be a positive integer or None, got {value!r}."
+        ) from error
+    if isinstance(value, bool) or limit < 1:
+        raise DataPreparationError(
+            f"max_examples_per_split must be a positive integer or None (all examples), "
+            f"got {value!r}."
+        )
+    return limit
+
+
+def _normalize_md5(value: str | None) -> str | None:
+    if value is None:
+        return None
+    md5 = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise DataPreparationError(
+            f"Invalid md5 {value!r}: expected 32 hexadecimal digits, for example "
+            f"{OFFICIAL_CIFAR10_MD5}."
+        )
+    return md5
+
+
+# --- Sources -----------------------------------------------------------------------------
+
+
+def _prepare_from_url(
+    url: str, root: pathlib.Path, options: _Options, expected_md5: str | None
+) -> PreparedData:
+    if expected_md5 is None and url == OFFICIAL_CIFAR10_URL:
+        expected_md5 = OFFICIAL_CIFAR10_MD5
+    if expected_md5 is not None:
+        # The URL and its verified md5 identify the content, so no download is needed to reuse.
+        key = _make_key({"type": "url", "url": url, "md5": expected_md5}, options)
+        existing = _find_complete_output(root, key)
+        if existing is not None:
+            return existing
+
+    archive, actual_md5 = _download(url, root / "downloads", expected_md5)
+    key = _make_key({"type": "url", "url": url, "md5": actual_md5}, options)
+    existing = _find_complete_output(root, key)
+    if existing is not None:
+        return existing
+    kind = _archive_kind(archive)
+    return _prepare_from_archive_contents(archive, kind, root, key, url, options)
+
+
+def _prepare_from_archive(
+    path: pathlib.Path, root: pathlib.Path, options: _Options, expected_md5: str | None
+) -> PreparedData:
+    kind = _archive_kind(path)
+    if expected_md5 is None and path.name == _OFFICIAL_ARCHIVE_NAME:
+        # A file with the official name is taken to be the official archive. A subset that a
+        # user made must have another name or come with its own md5.
+        expected_md5 = OFFICIAL_CIFAR10_MD5
+    logger.info("Computing checksums of %s", path)
+    sha256, md5 = _file_digests(path)
+    if expected_md5 is not None:
+        if md5 != expected_md5:
+            raise DataPreparationError(
+                f"md5 mismatch for {path}: expected {expected_md5}, got {md5}. The file is "
+                "corrupt or a different archive; download it again, or pass --md5 with the "
+                "archive's own md5 (a file named "
+                f"{_OFFICIAL_ARCHIVE_NAME} is checked against the official md5 by default)."
+            )
+        logger.info("Verified md5 %s of %s", md5, path)
+
+    key = _make_key({"type": "file", "sha256": sha256}, options)
+    existing = _find_complete_output(root, key)
+    if existing is not None:
+        return existing
+    return _prepare_from_archive_contents(path, kind, root, key, str(path.absolute()), options)
+
+
+def _prepare_from_archive_contents(
+    archive: pathlib.Path,
+    kind: str,
+    root: pathlib.Path,
+    key: dict,
+    source_description: str,
+    options: _Options,
+) -> PreparedData:
+    extract_folder = root / _temporary_name("extract")
+    extract_folder.mkdir()
+    try:
+        _extract_archive(archive, kind, extract_folder)
+        layout, layout_root = _detect_layout(extract_folder, f"archive {archive}")
+        listing = _scan_image_folders(layout_root) if layout == _IMAGES_LAYOUT else None
+        source_data = _load_source(layout, layout_root, listing)
+        return _build_output(source_data, root, key, source_description, options)
+    finally:
+        shutil.rmtree(extract_folder, ignore_errors=True)
+
+
+def _prepare_from_folder(
+    folder: pathlib.Path, root: pathlib.Path, options: _Options
+) -> PreparedData:
+    layout, layout_root = _detect_layout(folder, f"folder {folder}")
+    if layout == _IMAGES_LAYOUT:
+        listing = _scan_image_folders(layout_root)
+        files = [path for entries in listing.files.values() for path, _ in entries]
+    else:
+        listing = None
+        files = _binary_layout_files(layout_root)
+
+    # Folder identity: every file used, with size and modification time, so that an edited
+    # folder gets a new output folder without hashing all image bytes.
+    logger.info("Computing the identity of %d files in %s", len(files), folder)
+    entries = []
+    for path in files:
+        stat = path.stat()
+        entries.append([path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns])
+    entries.sort()
+    listing_json = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    identity = {
+        "type": "folder",
+        "files": len(entries),
+        "listing_sha256": hashlib.sha256(listing_json).hexdigest(),
+    }
+    key = _make_key(identity, options)
+    existing = _find_complete_output(root, key)
+    if existing is not None:
+        return existing
+    source_data = _load_source(layout, layout_root, listing)
+    return _build_output(source_data, root, key, str(folder.absolute()), options)
+
+
+def _detect_layout(folder: pathlib.Path, description: str) -> tuple[str, pathlib.Path]:
+    """Return the layout name and the folder that holds it: `folder` or its only subfolder."""
+    top_level = sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if not entry.name.startswith(".") and entry.name not in _IGNORED_TOP_LEVEL
+    )
+    candidates = [folder]
+    if len(top_level) == 1 and (folder / top_level[0]).is_dir():
+        candidates.append(folder / top_level[0])
+
+    for candidate in candidates:
+        if (candidate / _BINARY_FOLDER).is_dir():
+            return _BINARY_LAYOUT, candidate / _BINARY_FOLDER
+        if (candidate / _BINARY_META_FILE).is_file() or (
+            candidate / _BINARY_TRAIN_FILES[0]
+        ).is_file():
+            return _BINARY_LAYOUT, candidate
+        has_train = (candidate / "train").is_dir()
+        has_test = (candidate / "test").is_dir()
+        if has_train and has_test:
+            return _IMAGES_LAYOUT, candidate
+        if has_train or has_test:
+            missing = "test" if has_train else "train"
+            raise DataPreparationError(
+                f"The {description} has a {'train' if has_train else 'test'}/ folder in "
+                f"{candidate} but no {missing}/ folder; the image-folder layout needs both "
+                "train/<class>/ and test/<class>/."
+            )
+
+    shown = ", ".join(top_level[:10]) + (", ..." if len(top_level) > 10 else "")
+    raise DataPreparationError(
+        f"The {description} has neither the CIFAR-10 binary layout ({_BINARY_FOLDER}/ with "
+        f"{', '.join(_BINARY_TRAIN_FILES)}, {_BINARY_TEST_FILE} and {_BINARY_META_FILE}) nor "
+        "the image-folder layout (train/<class>/ and test/<class>/, at the top or inside one "
+        f"top-level folder). Top-level entries found: {shown or 'none'}."
+    )
+
+
+def _load_source(
+    layout: str, layout_root: pathlib.Path, listing: _ImageListing | None
+) -> _SourceData:
+    if layout == _BINARY_LAYOUT:
+        return _load_binary_layout(layout_root)
+    assert listing is not None
+    return _load_image_layout(listing)
+
+
+# --- Download ----------------------------------------------------------------------------
+
+
+def _download(url: str, folder: pathlib.Path, expected_md5: str | None) -> tuple[pathlib.Path, str]:
+    """Download `url` into `folder` unless an earlier download is there; return path and md5."""
+    target = folder / _download_file_name(url)
+    if target.is_file():
+        # Downloads reach their final name only through os.replace, so the file is complete.
+        actual_md5 = _file_digests(target)[1]
+        if expected_md5 is None:
+            logger.warning(
+                "Reusing the earlier download %s of %s without verification (md5 %s); pass "
+                "--md5 to verify it.",
+                target,
+                url,
+                actual_md5,
+            )
+            return target, actual_md5
+        if actual_md5 == expected_md5:
+            logger.info("Reusing the earlier download %s (md5 %s verified)", target, actual_md5)
+            return target, actual_md5
+        logger.warning(
+            "The earlier download %s has md5 %s, expected %s; deleting it and downloading again.",
+            target,
+            actual_md5,
+            expected_md5,
+        )
+        target.unlink()
+
+    if expected_md5 is None:
+        logger.warning(
+            "No md5 is known for %s, so the download will not be verified; pass --md5 to "
+            "verify it.",
+            url,
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
+    temporary = folder / _temporary_name(target.name)
+    try:
+        actual_md5 = _fetch(url, temporary)
+        if expected_md5 is not None and actual_md5 != expected_md5:
+            raise DataPreparationError(
+                f"md5 mismatch for the download of {url}: expected {expected_md5}, got "
+                f"{actual_md5}. The downloaded file was deleted. Check the URL and the --md5 "
+                f"value, or {_SOURCE_HINT}."
+            )
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    if expected_md5 is not None:
+        logger.info("Verified md5 %s of %s", actual_md5, target)
+    return target, actual_md5
+
+
+def _download_file_name(url: str) -> str:
+    name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    if name in ("", ".", ".."):
+        raise DataPreparationError(
+            f"Cannot derive a file name from the URL {url!r}; the URL path must end with the "
+            f"archive's file name, for example .../{_OFFICIAL_ARCHIVE_NAME}."
+        )
+    return name
+
+
+def _fetch(url: str, destination: pathlib.Path) -> str:
+    """Stream `url` into `destination` and return its md5."""
+    logger.info("Downloading %s to %s", url, destination.parent)
+    md5 = hashlib.md5(usedforsecurity=False)
+    received = 0
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
+            destination.open("wb") as file,
+        ):
+            length_header = response.headers.get("Content-Length")
+            total = int(length_header) if length_header and length_header.isdigit() else None
+            next_report = 0.1 if total else 10 * _MEGABYTE
+            while chunk := response.read(_READ_CHUNK_BYTES):
+                file.write(chunk)
+                md5.update(chunk)
+                received += len(chunk)
+                if total and received / total >= next_report:
+                    logger.info(
+                        "Downloaded %d%% (%.1f of %.1f MB)",
+                        100 * received // total,
+                        received / _MEGABYTE,
+                        total / _MEGABYTE,
+                    )
+                    next_report = math.floor(10 * received / total) / 10 + 0.1
+                elif not total and received >= next_report:
+                    logger.info("Downloaded %.1f MB", received / _MEGABYTE)
+                    next_report += 10 * _MEGABYTE
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        raise DataPreparationError(
+            f"Download of {url} failed: {error}. Check the network connection and the URL, "
+            f"or {_SOURCE_HINT}."
+        ) from error
+    if total is not None and received != total:
+        raise DataPreparationError(
+            f"Download of {url} is incomplete: received {received} of {total} bytes. Try "
+            f"again, or {_SOURCE_HINT}."
+        )
+    logger.info("Downloaded %.1f MB from %s", received / _MEGABYTE, url)
+    return md5.hexdigest()
+
+
+def _file_digests(path: pathlib.Path) -> tuple[str, str]:
+    """Return the sha256 and md5 hex digests of a file."""
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as file:
+        while chunk := file.read(_READ_CHUNK_BYTES):
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+# --- Archive extraction ------------------------------------------------------------------
+
+
+def _archive_kind(path: pathlib.Path) -> str:
+    """Return "zip" or "tar" from the file's content; the file name is not used."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    raise DataPreparationError(
+        f"{path} is not a readable tar (.tar, .tar.gz, .tgz) or zip archive. Pass the CIFAR-10 "
+        f"archive ({_OFFICIAL_ARCHIVE_NAME}), an archive or folder of images in "
+        "train/<class>/ and test/<class>/ folders, or an http(s) URL."
+    )
+
+
+def _extract_archive(archive: pathlib.Path, kind: str, destination: pathlib.Path) -> None:
+    """Extract into `destination` after rejecting every member that could land outside it."""
+    logger.info("Extracting %s to %s", archive, destination)
+    try:
+        if kind == "tar":
+            with tarfile.open(archive) as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check_tar_member(member, destination)
+                # The "data" filter repeats these checks while extracting, with resolved paths.
+                tar.extractall(destination, members=members, filter="data")
+        else:
+            with zipfile.ZipFile(archive) as zip_file:
+                members = zip_file.infolist()
+                for info in members:
+                    _check_zip_member(info.filename)
+                zip_file.extractall(destination)
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise DataPreparationError(
+            f"Extracting {archive} failed: {error}. The archive is corrupt or incomplete; "
+            "download or create it again."
+        ) from error
+    logger.info("Extracted %d members of %s", len(members), archive)
+
+
+def _check_tar_member(member: tarfile.TarInfo, destination: pathlib.Path) -> None:
+    name = member.name
+    if name.startswith("/"):
+        _reject_member(name, "it has an absolute path")
+    if ".." in pathlib.PurePosixPath(name).parts:
+        _reject_member(name, "its path contains '..'")
+    if member.isdev():
+        _reject_member(name, "it is a device or FIFO, not a regular file or folder")
+    if member.issym() or member.islnk():
+        if member.linkname.startswith("/"):
+            _reject_member(name, f"it links to the absolute path {member.linkname!r}")
+        # A symlink target is relative to the member's folder, a hard link target to the root.
+        base = posixpath.dirname(name) if member.issym() else ""
+        real_destination = os.path.realpath(destination)
+        target = os.path.normpath(os.path.join(real_destination, base, member.linkname))
+        if os.path.commonpath([real_destination, target]) != real_destination:
+            _reject_member(name, f"it links to {member.linkname!r}, outside the archive")
+
+
+def _check_zip_member(name: str) -> None:
+    # zipfile itself strips these parts silently; an archive that contains them is rejected.
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        _reject_member(name, "it has an absolute path")
+    if ".." in re.split(r"[\\/]", name):
+        _reject_member(name, "its path contains '..'")
+
+
+def _reject_member(name: str, reason: str) -> None:
+    raise DataPreparationError(
+        f"Unsafe archive member {name!r}: {reason}. Nothing was extracted; rebuild the archive "
+        "with relative paths inside one folder."
+    )
+
+
+# --- Official binary layout --------------------------------------------------------------
+
+
+def _binary_layout_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    names = [*_BINARY_TRAIN_FILES, _BINARY_TEST_FILE, _BINARY_META_FILE]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DataPreparationError(
+            f"The CIFAR-10 binary folder {folder} is missing {', '.join(missing)}. Use the "
+            f"complete archive {_OFFICIAL_ARCHIVE_NAME}."
+        )
+    return [folder / name for name in names]
+
+
+def _load_binary_layout(folder: pathlib.Path) -> _SourceData:
+    _binary_layout_files(folder)
+    label_names = _read_binary_label_names(folder / _BINARY_META_FILE)
+    logger.info("Reading CIFAR-10 binary batches from %s", folder)
+    train_labels, train_pixels = _concatenate_batches(
+        [_read_binary_batch(folder / name, len(label_names)) for name in _BINARY_TRAIN_FILES]
+    )
+    test_labels, test_pixels = _read_binary_batch(folder / _BINARY_TEST_FILE, len(label_names))
+    logger.info(
+        "Read %d train and %d test records with %d label names",
+        train_labels.size,
+        test_labels.size,
+        len(label_names),
+    )
+    return _SourceData(
+        layout=_BINARY_LAYOUT,
+        label_names=label_names,
+        train=_SourceSplit(train_labels, _png_encoder(train_pixels)),
+        test=_SourceSplit(test_labels, _png_encoder(test_pixels)),
+    )
+
+
+def _read_binary_label_names(path: pathlib.Path) -> tuple[str, ...]:
+    names = tuple(
+        line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    )
+    if not names:
+        raise DataPreparationError(
+            f"{path} lists no label names; it must contain one class name per line."
+        )
+    _validate_label_names(names, str(path))
+    return names
+
+
+def _read_binary_batch(path: pathlib.Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the labels (int64, N) and pixels (uint8, N x 32 x 32 x 3) of one .bin file."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0 or data.size % _BINARY_RECORD_BYTES:
+        raise DataPreparationError(
+            f"{path} has {data.size} bytes, which is not a positive multiple of the "
+            f"{_BINARY_RECORD_BYTES}-byte CIFAR-10 record (1 label byte and 3072 pixel bytes). "
+            "The file is truncated or not a CIFAR-10 binary batch; use the complete archive."
+        )
+    records = data.reshape(-1, _BINARY_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    invalid = np.flatnonzero(labels >= num_classes)
+    if invalid.size:
+        record = int(invalid[0])
+        raise DataPreparationError(
+            f"{path} record {record} has label {labels[record]}, but {_BINARY_META_FILE} lists "
+            f"{num_classes} label names, so labels must be 0 to {num_classes - 1}. The file is "
+            "corrupt or does not belong to this archive."
+        )
+    pixels = records[:, 1:].reshape(-1, 3, _IMAGE_SIDE, _IMAGE_SIDE).transpose(0, 2, 3, 1)
+    return labels, pixels
+
+
+def _concatenate_batches(
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.concatenate([labels for labels, _ in batches])
+    pixels = np.concatenate([pixels for _, pixels in batches])
+    return labels, pixels
+
+
+def _png_encoder(pixels: np.ndarray) -> Callable[[int], bytes]:
+    def encode(index: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(pixels[index])).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return encode
+
+
+# --- Image-folder layout -----------------------------------------------------------------
+
+
+def _scan_image_folders(root: pathlib.Path) -> _ImageListing:
+    """List the images of `root/train/<class>/` and `root/test/<class>/` without reading them."""
+    logger.info("Scanning image folders in %s", root)
+    train_classes = _class_folder_names(root / "train")
+    test_classes = _class_folder_names(root / "test")
+    if not train_classes:
+        raise DataPreparationError(
+            f"{root / 'train'} contains no class folders; put the images in train/<class>/."
+        )
+    if set(train_classes) != set(test_classes):
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise DataPreparationError(
+            f"The class folders of train/ and test/ in {root} differ: only in train: "
+            f"{only_train or 'none'}; only in test: {only_test or 'none'}. Both splits need "
+            "the same class folders."
+        )
+    label_names = tuple(train_classes)
+    _validate_label_names(label_names, str(root / "train"))
+
+    files: dict[str, list[tuple[pathlib.Path, int]]] = {}
+    for split in ("train", "test"):
+        entries = []
+        for label, name in enumerate(label_names):
+            class_folder = root / split / name
+            images = _class_image_files(class_folder)
+            if not images:
+                raise DataPreparationError(
+                    f"The class folder {class_folder} contains no images; add images or "
+                    f"remove the class folder {name!r} from both train/ and test/."
+                )
+            entries.extend((path, label) for path in images)
+        files[split] = entries
+    logger.info(
+        "Found %d classes, %d train and %d test images",
+        len(label_names),
+        len(files["train"]),
+        len(files["test"]),
+    )
+    return _ImageListing(label_names=label_names, files=files)
+
+
+def _class_folder_names(split_folder: pathlib.Path) -> list[str]:
+    names = []
+    stray_files = []
+    for entry in os.scandir(split_folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            names.append(entry.name)
+        else:
+            stray_files.append(entry.name)
+    if stray_files:
+        logger.warning(
+            "Skipping %d files directly in %s, such as %r; images must be in <class>/ folders.",
+            len(stray_files),
+            split_folder,
+            sorted(stray_files)[0],
+        )
+    return sorted(names)
+
+
+def _class_image_files(class_folder: pathlib.Path) -> list[pathlib.Path]:
+    paths = []
+    for entry in os.scandir(class_folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            raise DataPreparationError(
+                f"{entry.path} is a folder inside the class folder {class_folder}; nested "
+                "folders are not supported. Move its images into the class folder or remove it."
+            )
+        if not entry.is_file():
+            raise DataPreparationError(
+                f"{entry.path} is not a regular file (for example a broken symbolic link); "
+                "remove it."
+            )
+        paths.append(pathlib.Path(entry.path))
+    return sorted(paths)
+
+
+def _validate_label_names(names: Sequence[str], origin: str) -> None:
+    for name in names:
+        if "\n" in name or "\r" in name:
+            raise DataPreparationError(
+                f"Class name {name!r} from {origin} contains a line break, which "
+                "label_names.txt cannot store; rename it."
+            )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataPreparationError(
+            f"{origin} lists the class names {duplicates} more than once; class names must be "
+            "unique."
+        )
+
+
+def _load_image_layout(listing: _ImageListing) -> _SourceData:
+    splits = {}
+    for split, entries in listing.files.items():
+        paths = [path for path, _ in entries]
+        needs_png = _inspect_images(paths, split)
+        labels = np.array([label for _, label in entries], dtype=np.int64)
+        splits[split] = _SourceSplit(labels, _image_file_encoder(paths, needs_png))
+    return _SourceData(
+        layout=_IMAGES_LAYOUT,
+        label_names=listing.label_names,
+        train=splits["train"],
+        test=splits["test"],
+    )
+
+
+def _inspect_images(paths: Sequence[pathlib.Path], split: str) -> list[bool]:
+    """Verify each image with PIL; return for each whether it must be converted to PNG."""
+    # NOTE: PIL's verify() only parses headers for JPEG, so corrupt JPEG pixel data is not
+    # detected here; decoding every image would make preparation several times slower.
+    progress = _ProgressLog(f"Verifying {split} images", len(paths))
+    needs_png = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image_format = image.format
+                image.verify()
+        except Exception as error:  # PIL plugins raise many exception types for broken files.
+            raise DataPreparationError(
+                f"{path} is not a readable image ({type(error).__name__}: {error}); remove the "
+                "file or replace it with a valid image."
+            ) from error
+        needs_png.append(image_format not in _KEPT_FORMATS)
+        progress.advance()
+    converted = sum(needs_png)
+    if converted:
+        logger.info("Converting %d %s images of other formats to PNG", converted, split)
+    return needs_png
+
+
+def _image_file_encoder(
+    paths: Sequence[pathlib.Path], needs_png: Sequence[bool]
+) -> Callable[[int], bytes]:
+    def encode(index: int) -> bytes:
+        path = paths[index]
+        if not needs_png[index]:
+            return path.read_bytes()
+        return _convert_to_png(path)
+
+    return encode
+
+
+def _convert_to_png(path: pathlib.Path) -> bytes:
+    # NOTE: only the first frame of a multi-frame file (TIFF, animated WebP) is kept.
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in _PNG_MODES:
+                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except Exception as error:  # PIL plugins raise many exception types for broken files.
+        raise DataPreparationError(
+            f"{path} could not be converted to PNG ({type(error).__name__}: {error}); remove "
+            "the file or replace it with a valid image."
+        ) from error
+    return buffer.getvalue()
+
+
+# --- Splits and output -------------------------------------------------------------------
+
+
+def _make_key(source_identity: dict, options: _Options) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": source_identity,
+        "eval_fraction": options.eval_fraction,
+        "seed": options.seed,
+        "max_examples_per_split": options.max_examples_per_split,
+    }
+
+
+def _key_digest(key: dict) -> str:
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _find_complete_output(root: pathlib.Path, key: dict) -> PreparedData | None:
+    digest = _key_digest(key)[:12]
+    for layout in _LAYOUTS:
+        existing = _load_complete_output(root / f"{layout}-{digest}", key)
+        if existing is not None:
+            logger.info(
+                "Reusing the prepared dataset %s (same source and options); nothing was "
+                "rewritten.",
+                existing.root,
+            )
+            return existing
+    return None
+
+
+def _load_complete_output(folder: pathlib.Path, key: dict) -> PreparedData | None:
+    """Return the output in `folder` if its manifest matches `key` and its files exist."""
+    manifest_path = folder / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        matches = manifest["key"] == key and all(
+            (folder / shard).is_file() for split in SPLITS for shard in manifest["shards"][split]
+        )
+        result = PreparedData(
+            root=folder,
+            label_names=tuple(manifest["label_names"]),
+            split_counts={split: int(manifest["split_counts"][split]) for split in SPLITS},
+            reused=True,
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Ignoring %s, which is unreadable or incomplete: %s", manifest_path, error)
+        return None
+    if not matches or not (folder / "label_names.txt").is_file():
+        logger.warning("Ignoring %s, which does not match this source and options.", folder)
+        return None
+    return result
+
+
+def _select_split_indices(
+    train_labels: np.ndarray, test_labels: np.ndarray, num_classes: int, options: _Options
+) -> dict[str, np.ndarray]:
+    """Return, per output split, the indices into the source split, in writing order."""
+    # One RandomState consumed in a fixed order makes every choice depend only on the inputs.
+    random_state = np.random.RandomState(options.seed)
+    train = np.arange(train_labels.size)
+    test = np.arange(test_labels.size)
+    limit = options.max_examples_per_split
+    if limit is not None:
+        train = _take_balanced(train_labels, limit, num_classes, random_state)
+        test = _take_balanced(test_labels, limit, num_classes, random_state)
+        if limit < num_classes:
+            logger.warning(
+                "max_examples_per_split=%d is below the %d classes, so some classes have no "
+                "examples.",
+                limit,
+                num_classes,
+            )
+    train, evaluation = _carve_eval(
+        train_labels, train, options.eval_fraction, num_classes, random_state
+    )
+    if evaluation.size == 0:
+        raise DataPreparationError(
+            f"The eval split would be empty: eval_fraction {options.eval_fraction} of "
+            f"{train.size} train examples rounds to 0 examples in every class. Raise "
+            "--eval-fraction or --max-examples-per-split."
+        )
+    indices = {"train": train, "eval": evaluation, "test": test}
+    return {
+        split: indices[split][random_state.permutation(indices[split].size)] for split in SPLITS
+    }
+
+
+def _take_balanced(
+    labels: np.ndarray, limit: int, num_classes: int, random_state: np.random.RandomState
+) -> np.ndarray:
+    """Return at most `limit` indices, taking from the classes in turn in a random order."""
+    per_class = [random_state.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    indices = np.concatenate(per_class)
+    ranks = np.concatenate([np.arange(members.size) for members in per_class])
+    classes = np.concatenate([np.full(members.size, c) for c, members in enumerate(per_class)])
+    # Rank 0 of every class first, then rank 1, and so on; ties go to the lower label.
+    order = np.lexsort((classes, ranks))
+    return np.sort(indices[order[:limit]])
+
+
+def _carve_eval(
+    labels: np.ndarray,
+    indices: np.ndarray,
+    fraction: float,
+    num_classes: int,
+    random_state: np.random.RandomState,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `indices` into train and eval, moving `fraction` of each class to eval."""
+    train_parts = []
+    eval_parts = []
+    for label in range(num_classes):
+        members = random_state.permutation(indices[labels[indices] == label])
+        # Round half up, and keep at least one train example of each class that has any.
+        count = min(math.floor(members.size * fraction + 0.5), max(members.size - 1, 0))
+        eval_parts.append(members[:count])
+        train_parts.append(members[count:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(eval_parts))
+
+
+def _build_output(
+    source_data: _SourceData,
+    root: pathlib.Path,
+    key: dict,
+    source_description: str,
+    options: _Options,
+) -> PreparedData:
+    """Write all splits into a temporary folder, then move it to its final name."""
+    num_classes = len(source_data.label_names)
+    split_indices = _select_split_indices(
+        source_data.train.labels, source_data.test.labels, num_classes, options
+    )
+    digest = _key_digest(key)
+    final = root / f"{source_data.layout}-{digest[:12]}"
+    temporary = root / _temporary_name(source_data.layout)
+    temporary.mkdir()
+    try:
+        label_text = "".join(f"{name}\n" for name in source_data.label_names)
+        (temporary / "label_names.txt").write_text(label_text, encoding="utf-8")
+        shards = {}
+        class_counts = {}
+        for split in SPLITS:
+            source_split = source_data.test if split == "test" else source_data.train
+            indices = split_indices[split]
+            shards[split] = _write_split(temporary, split, source_split, indices)
+            counts = np.bincount(source_split.labels[indices], minlength=num_classes)
+            class_counts[split] = counts.tolist()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "key_sha256": digest,
+            "layout": source_data.layout,
+            "source": source_description,
+            "label_names": list(source_data.label_names),
+            "split_counts": {split: int(split_indices[split].size) for split in SPLITS},
+            "class_counts": class_counts,
+            "shards": shards,
+            "features": {"image_raw": "bytes", "label": "int64"},
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"
+            ),
+        }
+        # The manifest is written last: a folder without one is never reused.
+        manifest_text = json.dumps(manifest, indent=2) + "\n"
+        (temporary / "manifest.json").write_text(manifest_text, encoding="utf-8")
+        return _move_into_place(temporary, final, key, manifest)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _write_split(
+    folder: pathlib.Path, split: str, source_split: _SourceSplit, indices: np.ndarray
+) -> list[str]:
+    """Write one split as TFRecord shards; return their paths relative to `folder`."""
+    import tensorflow as tf  # Imported here so that --help and input errors stay fast.
+
+    split_folder = folder / split
+    split_folder.mkdir()
+    num_shards = max(1, math.ceil(indices.size / MAX_EXAMPLES_PER_SHARD))
+    logger.info("Writing split %s: %d examples in %d shards", split, indices.size, num_shards)
+    progress = _ProgressLog(f"Writing {split}", int(indices.size))
+    shard_paths = []
+    for shard_number, shard_indices in enumerate(np.array_split(indices, num_shards)):
+        name = f"{split}-{shard_number:05d}-of-{num_shards:05d}.tfrecord"
+        with tf.io.TFRecordWriter(str(split_folder / name)) as writer:
+            for index in shard_indices:
+                image_bytes = source_split.encode(int(index))
+                label = int(source_split.labels[index])
+                writer.write(_serialize_example(tf, image_bytes, label))
+                progress.advance()
+        shard_paths.append(f"{split}/{name}")
+    return shard_paths
+
+
+def _serialize_example(tf, image_bytes: bytes, label: int) -> bytes:
+    feature = {
+        "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString()
+
+
+def _move_into_place(
+    temporary: pathlib.Path, final: pathlib.Path, key: dict, manifest: dict
+) -> PreparedData:
+    existing = _load_complete_output(final, key)
+    if existing is not None:
+        logger.info("Another run finished %s first; using its output.", final)
+        return existing
+    if final.exists():
+        logger.warning("Replacing %s, which has no valid manifest.json.", final)
+        shutil.rmtree(final)
+    try:
+        os.replace(temporary, final)
+    except OSError as error:
+        existing = _load_complete_output(final, key)
+        if existing is not None:
+            logger.info("Another run finished %s first; using its output.", final)
+            return existing
+        raise DataPreparationError(
+            f"Cannot move the prepared dataset to {final}: {error}. Check that the data root "
+            "is writable and that no other program uses that folder."
+        ) from error
+    logger.info("Prepared dataset in %s: %s", final, manifest["split_counts"])
+    return PreparedData(
+        root=final,
+        label_names=tuple(manifest["label_names"]),
+        split_counts=dict(manifest["split_counts"]),
+        reused=False,
+    )
+
+
+# --- Temporary files ---------------------------------------------------------------------
+
+
+def _temporary_name(label: str) -> str:
+    # Host and process id in the name let a later run tell whether the owner is still alive.
+    return f".{label}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove_stale_temporaries(folder: pathlib.Path) -> None:
+    """Remove temporary files and folders in `folder` whose process on this host has ended."""
+    for entry in folder.iterdir():
+        match = _TEMPORARY_NAME.match(entry.name)
+        if match is None or match["host"] != _HOST or _process_is_running(int(match["pid"])):
+            continue
+        logger.info("Removing %s, left by an interrupted run (process %s)", entry, match["pid"])
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # The process exists but belongs to another user.
+        return True
+    except OverflowError:  # Not a valid process id on this system.
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Export of the trained classifier as a SavedModel for TF Serving and TFMA.
+
+The SavedModel is a tf.Module that holds only what inference needs: the
+model's variables, the Transform graph and the label names. The optimizer state
+is left out, which keeps the export at the size of the weights.
+
+Signatures:
+- serving_default: `image_bytes` (string [batch], encoded JPEG/PNG/GIF/BMP, what
+  TF Serving's REST API decodes from {"b64": ...}) to `probabilities` (float32
+  [batch, classes]), `class_id` (int64 [batch]) and `class_name` (string [batch]).
+- serving_examples: `examples` (serialized tf.Example [batch] with image_raw)
+  to the same outputs. TFMA's Evaluator calls this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from components import transform
+
+logger = logging.getLogger(__name__)
+
+
+class ExportVerificationError(RuntimeError):
+    """A signature of the exported model is missing or returns wrong outputs."""
+
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "serving_examples"
+IMAGE_BYTES_INPUT = "image_bytes"
+EXAMPLES_INPUT = "examples"
+OUTPUT_KEYS = ("probabilities", "class_id", "class_name")
+
+
+class ServingModule(tf.Module):
+    """Inference-only wrapper of the classifier and its preprocessing."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        base: keras.Model,
+        tft_output: tft.TFTransformOutput,
+        label_names: tuple[str, ...],
+    ):
+        super().__init__(name="classifier")
+        # A closure, not an attribute: tf.Module would track the Keras model and
+        # with it the optimizer, whose slots would triple the export's size.
+        self._predict = lambda images: model(images, training=False)
+        # Tracked lists: the SavedModel stores these variables, and warm starts
+        # (components/model.py:load_blessed_weights) read them back in order.
+        self.base_variables = list(base.weights)
+        self.head_variables = list(model.get_layer("probabilities").weights)
+        self.other_variables = [
+            variable
+            for variable in model.weights
+            if not any(variable is known for known in self.base_variables + self.head_variables)
+        ]
+        self.tft_layer = tft_output.transform_features_layer()
+        self.label_names = tf.constant(list(label_names))
+        raw_spec = tft_output.raw_feature_spec()
+        raw_spec.pop(transform.LABEL_KEY, None)
+        self._raw_feature_spec = raw_spec
+
+    def _classify(self, raw_features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = self.tft_layer(raw_features)
+        probabilities = self._predict(transformed[transform.TRANSFORMED_IMAGE_KEY])
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {
+            "probabilities": probabilities,
+            "class_id": class_id,
+            "class_name": tf.gather(self.label_names, class_id),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
+    def classify_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._classify({transform.IMAGE_KEY: image_bytes})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def classify_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._classify(tf.io.parse_example(examples, self._raw_feature_spec))
+
+
+def export_serving_model(
+    model: keras.Model,
+    base: keras.Model,
+    tft_output: tft.TFTransformOutput,
+    label_names: tuple[str, ...],
+    export_dir: str,
+) -> None:
+    """Write the SavedModel to export_dir: first to a temporary folder, then renamed."""
+    module = ServingModule(model, base, tft_output, label_names)
+    signatures = {
+        SERVING_SIGNATURE: module.classify_images.get_concrete_function(),
+        EXAMPLES_SIGNATURE: module.classify_examples.get_concrete_function(),
+    }
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        tf.saved_model.save(module, staging, signatures=signatures)
+        if os.path.isdir(export_dir):
+            # TFX creates the (empty) serving folder before the Trainer runs.
+            os.rmdir(export_dir)
+        os.replace(staging, export_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Exported the serving model to %s", export_dir)
+
+
+def verify_signatures(
+    export_dir: str, serialized_example: bytes, num_classes: int
+) -> dict[str, dict]:
+    """Reload the export and call every signature once on a real example.
+
+    Raises ExportVerificationError when a signature is missing, an output has the wrong
+    shape, or the two signatures disagree. Returns the outputs per signature.
+    """
+    loaded = tf.saved_model.load(export_dir)
+    missing = {SERVING_SIGNATURE, EXAMPLES_SIGNATURE} - set(loaded.signatures)
+    if missing:
+        raise ExportVerificationError(f"The export at {export_dir} lacks signatures {sorted(missing)}.")
+
+    parsed = tf.io.parse_single_example(
+        serialized_example, {transform.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    )
+    outputs = {
+        SERVING_SIGNATURE: loaded.signatures[SERVING_SIGNATURE](
+            **{IMAGE_BYTES_INPUT: tf.reshape(parsed[transform.IMAGE_KEY], [1])}
+        ),
+        EXAMPLES_SIGNATURE: loaded.signatures[EXAMPLES_SIGNATURE](
+            **{EXAMPLES_INPUT: tf.constant([serialized_example])}
+        ),
+    }
+    for name, result in outputs.items():
+        probabilities = result["probabilities"].numpy()
+        if probabilities.shape != (1, num_classes):
+            raise ExportVerificationError(
+                f"Signature {name} returned probabilities of shape {probabilities.shape}, "
+                f"expected (1, {num_classes})."
+            )
+        if abs(float(probabilities.sum()) - 1.0) > 1e-3:
+            raise ExportVerificationError(f"Signature {name} returned probabilities that do not sum to 1.")
+    first, second = (outputs[key]["probabilities"].numpy() for key in outputs)
+    if abs(first - second).max() > 1e-5:
+        raise ExportVerificationError(
+            "The image-bytes and tf.Example signatures disagree on the same image."
+        )
+    return {
+        name: {key: value.numpy().tolist() for key, value in result.items()}
+        for name, result in outputs.items()
+    }

@@ -1,0 +1,301 @@
+"""Trainer's run_fn: transfer learning of ResNet50 on the transformed images.
+
+Training runs in up to two phases. Phase 1 ("head") trains only the new head
+on a frozen base model; phase 2 ("fine_tune") unfreezes the top of the base
+and continues at a lower learning rate. From random initialisation phase 1 is
+skipped. Each phase stops early on the loss of the `eval` split; the `test`
+split never reaches this file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from components import exporter, model, transform
+from pipeline.config import (
+    BASE_WEIGHTS_BLESSED,
+    BASE_WEIGHTS_IMAGENET,
+    BASE_WEIGHTS_NONE,
+    TrainingConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Train, export and verify the classifier (called by TFX's Trainer)."""
+    logging.getLogger().setLevel(logging.INFO)
+    custom_config = fn_args.custom_config or {}
+    config = TrainingConfig.from_custom_config(custom_config.get("training", {}))
+    label_names = tuple(custom_config["label_names"])
+    keras.utils.set_random_seed(config.seed)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    # Data: raw examples, transformed on the fly by the Transform graph.
+    train_count = count_examples(fn_args.train_files)
+    eval_count = count_examples(fn_args.eval_files)
+    logger.info("Training on %d examples, early stopping on %d.", train_count, eval_count)
+    train_steps = config.steps_per_epoch or math.ceil(train_count / config.batch_size)
+    eval_steps = config.eval_steps or math.ceil(eval_count / config.batch_size)
+    num_classes = len(label_names)
+    train_dataset = make_dataset(
+        fn_args.train_files, fn_args.data_accessor, tft_output, config, num_classes, training=True
+    )
+    eval_dataset = make_dataset(
+        fn_args.eval_files, fn_args.data_accessor, tft_output, config, num_classes, training=False
+    )
+
+    # Model and base weights.
+    classifier, base = model.build_model(num_classes, config.image_size, config.dropout)
+    pretrained = load_base_weights(classifier, base, config, fn_args.base_model)
+
+    # Training phases.
+    phases = []
+    if pretrained and config.head_epochs > 0:
+        phases.append(("head", config.head_epochs, config.learning_rate, False))
+    elif config.head_epochs > 0:
+        logger.info("Skipping the head phase: a randomly initialised base has nothing to keep.")
+    if config.fine_tune_epochs > 0:
+        rate = config.fine_tune_learning_rate if pretrained else config.learning_rate
+        phases.append(("fine_tune", config.fine_tune_epochs, rate, True))
+    if not phases:
+        raise ValueError(
+            "No training phase to run: from random initialisation (base_weights='none') "
+            "set fine_tune_epochs to at least 1."
+        )
+
+    history: dict[str, Any] = {}
+    for name, epochs, rate, unfreeze in phases:
+        if unfreeze:
+            trainable = model.set_trainable_layers(base, config.fine_tune_layers, pretrained)
+            logger.info("Phase %s: %d base layers trainable.", name, trainable)
+        else:
+            base.trainable = False
+        history[name] = train_phase(
+            classifier,
+            name,
+            epochs,
+            rate,
+            train_steps,
+            eval_steps,
+            train_dataset,
+            eval_dataset,
+            config,
+            fn_args.model_run_dir,
+        )
+    write_json(os.path.join(fn_args.model_run_dir, HISTORY_FILE), history)
+
+    # Export, then prove every signature answers on a real example.
+    exporter.export_serving_model(
+        classifier, base, tft_output, label_names, fn_args.serving_model_dir
+    )
+    example = first_serialized_example(fn_args.eval_files)
+    outputs = exporter.verify_signatures(fn_args.serving_model_dir, example, num_classes)
+    logger.info(
+        "Verified signatures %s on a real eval example (predicted %s).",
+        ", ".join(sorted(outputs)),
+        outputs[exporter.SERVING_SIGNATURE]["class_name"][0].decode(),
+    )
+
+
+def load_base_weights(
+    classifier: keras.Model, base: keras.Model, config: TrainingConfig, base_model_dir: str | None
+) -> bool:
+    """Fill the base model's weights as configured; return whether they are pre-trained."""
+    choice = config.base_weights
+    if choice == BASE_WEIGHTS_NONE:
+        logger.info("Base weights: random initialisation.")
+        return False
+    if choice == BASE_WEIGHTS_IMAGENET:
+        path = model.fetch_imagenet_weights()
+        model.load_weights_file(base, path)
+        logger.info("Base weights: ImageNet, from %s.", path)
+        return True
+    if choice == BASE_WEIGHTS_BLESSED:
+        if not base_model_dir:
+            raise model.BaseWeightsError(
+                "base_weights='blessed' but this pipeline has no blessed model yet. Run it "
+                "once with --base-weights imagenet, none or a weights file first."
+            )
+        logger.info("Base weights: %s.", model.load_blessed_weights(classifier, base, base_model_dir))
+        return True
+    model.load_weights_file(base, choice)
+    logger.info("Base weights: file %s.", choice)
+    return True
+
+
+def train_phase(
+    classifier: keras.Model,
+    name: str,
+    epochs: int,
+    peak_rate: float,
+    train_steps: int,
+    eval_steps: int,
+    train_dataset: tf.data.Dataset,
+    eval_dataset: tf.data.Dataset,
+    config: TrainingConfig,
+    model_run_dir: str,
+) -> dict[str, list[float]]:
+    """Compile and fit one phase; return its per-epoch metrics."""
+    total_steps = max(1, epochs * train_steps)
+    warmup_steps = min(total_steps - 1, int(config.warmup_epochs * train_steps))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak_rate / 100 if warmup_steps else peak_rate,
+        decay_steps=max(1, total_steps - warmup_steps),
+        warmup_target=peak_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+        ),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "logs", name)),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(model_run_dir, "checkpoints", name + "-epoch{epoch:03d}.weights.h5"),
+            save_weights_only=True,
+        ),
+        # Restores the last finished epoch if this execution is restarted.
+        keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", name)),
+        EpochLogger(name, train_steps * config.batch_size),
+    ]
+    logger.info(
+        "Phase %s: %d epochs of %d steps, batch %d, peak learning rate %g.",
+        name,
+        epochs,
+        train_steps,
+        config.batch_size,
+        peak_rate,
+    )
+    result = classifier.fit(
+        train_dataset,
+        epochs=epochs,
+        steps_per_epoch=train_steps,
+        validation_data=eval_dataset,
+        validation_steps=eval_steps,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return {key: [float(value) for value in values] for key, values in result.history.items()}
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics and training throughput in images per second."""
+
+    def __init__(self, phase: str, images_per_epoch: int):
+        super().__init__()
+        self._phase = phase
+        self._images_per_epoch = images_per_epoch
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._started
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted((logs or {}).items()))
+        logger.info(
+            "Phase %s epoch %d: %s; %.1f s, %.1f images/s.",
+            self._phase,
+            epoch + 1,
+            metrics,
+            seconds,
+            self._images_per_epoch / max(seconds, 1e-9),
+        )
+
+
+def make_dataset(
+    file_patterns: list[str],
+    data_accessor: Any,
+    tft_output: tft.TFTransformOutput,
+    config: TrainingConfig,
+    num_classes: int,
+    training: bool,
+) -> tf.data.Dataset:
+    """Batches of (normalised image, one-hot label) from raw tf.Example files.
+
+    The training dataset repeats forever (Keras bounds each epoch by
+    steps_per_epoch); the eval dataset repeats too, bounded by validation_steps.
+    """
+    dataset = data_accessor.tf_dataset_factory(
+        file_patterns,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=config.batch_size,
+            shuffle=training,
+            shuffle_buffer_size=config.shuffle_buffer,
+            shuffle_seed=config.seed,
+            num_epochs=None,
+        ),
+        tft_output.raw_metadata.schema,
+    )
+
+    def to_model_inputs(raw_features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        transformed = tft_output.transform_raw_features(raw_features, drop_unused_features=True)
+        labels = tf.one_hot(transformed[transform.TRANSFORMED_LABEL_KEY], num_classes)
+        return transformed[transform.TRANSFORMED_IMAGE_KEY], labels
+
+    dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and config.augment:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Flip each image horizontally at random and shift it by up to 4 pixels."""
+    size = tf.shape(images)[1]
+    images = tf.image.random_flip_left_right(images)
+    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
+    images = tf.map_fn(
+        lambda image: tf.image.random_crop(image, [size, size, tf.shape(image)[-1]]), padded
+    )
+    return images, labels
+
+
+def _expand_files(file_patterns: list[str]) -> list[str]:
+    files = sorted(path for pattern in file_patterns for path in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"No example files match {file_patterns}.")
+    return files
+
+
+def _record_dataset(files: list[str]) -> tf.data.Dataset:
+    # ImportExampleGen writes GZIP-compressed TFRecord files ending in .gz.
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
+def count_examples(file_patterns: list[str]) -> int:
+    """Count the records of a split without parsing them."""
+    return int(_record_dataset(_expand_files(file_patterns)).reduce(0, lambda count, _: count + 1))
+
+
+def first_serialized_example(file_patterns: list[str]) -> bytes:
+    for record in _record_dataset(_expand_files(file_patterns)).take(1):
+        return record.numpy()
+    raise ValueError(f"The files {file_patterns} hold no example.")
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write JSON through a temporary file, so readers never see half a file."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    staging = path + ".tmp"
+    with tf.io.gfile.GFile(staging, "w") as handle:
+        json.dump(value, handle, indent=2)
+    tf.io.gfile.rename(staging, path, overwrite=True)
