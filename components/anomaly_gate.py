@@ -6,7 +6,6 @@ label set, an example without image bytes). The gate reads each split's
 anomalies and raises with every anomaly named; Transform runs after it.
 """
 
-
 import logging
 import os
 from typing import TypedDict

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 class ExportVerificationError(RuntimeError):
     """A signature of the exported model is missing or returns wrong outputs."""
 
+
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "serving_examples"
 IMAGE_BYTES_INPUT = "image_bytes"
@@ -125,7 +126,9 @@ def verify_signatures(
     loaded = tf.saved_model.load(export_dir)
     missing = {SERVING_SIGNATURE, EXAMPLES_SIGNATURE} - set(loaded.signatures)
     if missing:
-        raise ExportVerificationError(f"The export at {export_dir} lacks signatures {sorted(missing)}.")
+        raise ExportVerificationError(
+            f"The export at {export_dir} lacks signatures {sorted(missing)}."
+        )
 
     parsed = tf.io.parse_single_example(
         serialized_example, {transform.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
@@ -146,7 +149,9 @@ def verify_signatures(
                 f"expected (1, {num_classes})."
             )
         if abs(float(probabilities.sum()) - 1.0) > 1e-3:
-            raise ExportVerificationError(f"Signature {name} returned probabilities that do not sum to 1.")
+            raise ExportVerificationError(
+                f"Signature {name} returned probabilities that do not sum to 1."
+            )
     first, second = (outputs[key]["probabilities"].numpy() for key in outputs)
     if abs(first - second).max() > 1e-5:
         raise ExportVerificationError(

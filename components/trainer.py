@@ -130,7 +130,9 @@ def load_base_weights(
                 "base_weights='blessed' but this pipeline has no blessed model yet. Run it "
                 "once with --base-weights imagenet, none or a weights file first."
             )
-        logger.info("Base weights: %s.", model.load_blessed_weights(classifier, base, base_model_dir))
+        logger.info(
+            "Base weights: %s.", model.load_blessed_weights(classifier, base, base_model_dir)
+        )
         return True
     model.load_weights_file(base, choice)
     logger.info("Base weights: file %s.", choice)
@@ -174,7 +176,7 @@ def train_phase(
         ),
         # Restores the last finished epoch if this execution is restarted.
         keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", name)),
-        EpochLogger(name, train_steps * config.batch_size),
+        EpochLogger(name, config.batch_size, train_steps),
     ]
     logger.info(
         "Phase %s: %d epochs of %d steps, batch %d, peak learning rate %g.",
@@ -191,33 +193,53 @@ def train_phase(
         validation_data=eval_dataset,
         validation_steps=eval_steps,
         callbacks=callbacks,
-        verbose=2,
+        verbose=0,
     )
     return {key: [float(value) for value in values] for key, values in result.history.items()}
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs each epoch's metrics and training throughput in images per second."""
+    """Logs progress within each epoch and its metrics, with images per second."""
 
-    def __init__(self, phase: str, images_per_epoch: int):
+    def __init__(self, phase: str, batch_size: int, steps: int, interval_seconds: float = 30.0):
         super().__init__()
         self._phase = phase
-        self._images_per_epoch = images_per_epoch
+        self._batch_size = batch_size
+        self._steps = steps
+        self._interval = interval_seconds
         self._started = 0.0
+        self._last_log = 0.0
+        self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
+        self._epoch = epoch + 1
+        self._started = self._last_log = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        if now - self._last_log < self._interval:
+            return
+        self._last_log = now
+        logger.info(
+            "Phase %s epoch %d: step %d of %d, loss %.4f, %.1f images/s.",
+            self._phase,
+            self._epoch,
+            batch + 1,
+            self._steps,
+            (logs or {}).get("loss", float("nan")),
+            (batch + 1) * self._batch_size / (now - self._started),
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._started
         metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted((logs or {}).items()))
         logger.info(
-            "Phase %s epoch %d: %s; %.1f s, %.1f images/s.",
+            "Phase %s epoch %d done in %.1f s (%.1f images/s, validation included): %s.",
             self._phase,
             epoch + 1,
-            metrics,
             seconds,
-            self._images_per_epoch / max(seconds, 1e-9),
+            self._steps * self._batch_size / max(seconds, 1e-9),
+            metrics,
         )
 
 

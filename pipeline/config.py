@@ -116,9 +116,7 @@ class TrainingConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1).")
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} must not be negative.")
-        if self.base_weights not in BASE_WEIGHTS_KEYWORDS and not os.path.isfile(
-            self.base_weights
-        ):
+        if self.base_weights not in BASE_WEIGHTS_KEYWORDS and not os.path.isfile(self.base_weights):
             raise ConfigError(
                 f"base_weights={self.base_weights!r} is neither one of "
                 f"{', '.join(BASE_WEIGHTS_KEYWORDS)} nor an existing weights file; "
