@@ -62,6 +62,9 @@ def fetch_imagenet_weights(
     This is the call keras.applications makes for weights="imagenet", with the
     URL and cache folder open to change so a local mirror can stand in.
     """
+    if cache_dir:
+        # Keras silently falls back to /tmp/.keras when the folder is missing.
+        os.makedirs(cache_dir, exist_ok=True)
     try:
         return keras.utils.get_file(
             IMAGENET_WEIGHTS_FILE,

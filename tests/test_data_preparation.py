@@ -1,0 +1,759 @@
+"""Tests of components.data_preparation on small archives and folders built in each test.
+
+Image-folder tests take a small subset of the real CIFAR-10 JPEG archive that the project
+keeps at ../shared/datasets/cifar10-images.tar.gz; they are skipped when it is missing.
+Downloads are served by a loopback HTTP server that the tests start.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import http.server
+import io
+import math
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# pytest puts tests/ on sys.path, not the repository root that holds the components package.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from components import data_preparation as dp  # noqa: E402
+
+CIFAR_IMAGES_ARCHIVE = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-images.tar.gz"
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+BINARY_FILES = (*(f"data_batch_{number}.bin" for number in range(1, 6)), "test_batch.bin")
+IMAGES_PER_CLASS = 20
+
+
+# --- Helpers -----------------------------------------------------------------------------
+
+
+def write_tar(path: pathlib.Path, files: dict[str, bytes], mode: str = "w:gz") -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_zip(path: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zip_file:
+        for name, data in files.items():
+            zip_file.writestr(name, data)
+    return path
+
+
+def write_folder(root: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def binary_dataset_files(records_per_file: int = 20) -> tuple[dict[str, bytes], dict]:
+    """Return the files of an official-layout dataset and, per .bin file, labels and pixels.
+
+    Labels cycle through 0..9 so every class is present; pixels are random but seeded.
+    """
+    files = {}
+    records = {}
+    for number, name in enumerate(BINARY_FILES):
+        random_state = np.random.RandomState(number)
+        labels = (np.arange(records_per_file) % 10).astype(np.uint8)
+        pixels = random_state.randint(0, 256, size=(records_per_file, 3072), dtype=np.uint8)
+        files[f"cifar-10-batches-bin/{name}"] = np.concatenate(
+            [labels[:, None], pixels], axis=1
+        ).tobytes()
+        records[name] = (labels, pixels)
+    # The official file ends with blank lines, which must be ignored.
+    meta = "\n".join(CIFAR_CLASSES) + "\n\n"
+    files["cifar-10-batches-bin/batches.meta.txt"] = meta.encode()
+    return files, records
+
+
+def record_image(pixels: np.ndarray) -> np.ndarray:
+    """Convert one 3072-byte record (R, G, B planes) to a 32 x 32 x 3 array."""
+    return pixels.reshape(3, 32, 32).transpose(1, 2, 0)
+
+
+def read_split(root: pathlib.Path, split: str) -> list[tuple[bytes, int]]:
+    """Return (image_raw, label) of every example of a split, in file order."""
+    files = sorted((root / split).glob(f"{split}-*-of-*.tfrecord"))
+    examples = []
+    for record in tf.data.TFRecordDataset([str(path) for path in files]):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        assert set(features) == {"image_raw", "label"}
+        image_raw = features["image_raw"].bytes_list.value[0]
+        label = features["label"].int64_list.value[0]
+        examples.append((image_raw, label))
+    return examples
+
+
+def png_bytes(color: tuple[int, int, int], image_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def small_image_files(classes: dict[str, list[str]]) -> dict[str, bytes]:
+    """Return PNG files for split -> class names, 4 distinct images per class."""
+    files = {}
+    for split, names in classes.items():
+        for class_index, name in enumerate(names):
+            for number in range(4):
+                color = (class_index * 20, number * 40, 100 if split == "train" else 200)
+                files[f"{split}/{name}/{number}.png"] = png_bytes(color)
+    return files
+
+
+def file_mtimes(root: pathlib.Path) -> dict[str, int]:
+    return {str(path): path.stat().st_mtime_ns for path in root.rglob("*")}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requested_paths: list[str]
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self.requested_paths.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_for_loopback(monkeypatch):
+    """Keep urllib from sending loopback requests to a proxy from the environment."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path/served on 127.0.0.1; yields (folder, base URL, requested paths)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requested_paths: list[str] = []
+    handler = functools.partial(
+        type("Handler", (_QuietHandler,), {"requested_paths": requested_paths}),
+        directory=str(served),
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{server.server_address[1]}", requested_paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="session")
+def cifar_subset() -> dict[str, bytes]:
+    """Return the first 20 JPEG files per class and split of the real CIFAR-10 archive."""
+    if not CIFAR_IMAGES_ARCHIVE.is_file():
+        pytest.skip(f"{CIFAR_IMAGES_ARCHIVE} is missing")
+    files = {}
+    taken = collections.Counter()
+    with tarfile.open(CIFAR_IMAGES_ARCHIVE, "r|gz") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            split, class_name, _ = member.name.split("/")
+            if taken[split, class_name] < IMAGES_PER_CLASS:
+                taken[split, class_name] += 1
+                files[member.name] = tar.extractfile(member).read()
+    assert len(files) == 2 * len(CIFAR_CLASSES) * IMAGES_PER_CLASS
+    return files
+
+
+# --- Download ----------------------------------------------------------------------------
+
+
+def test_download_verifies_md5_and_pixels(http_server, tmp_path):
+    served, base_url, _ = http_server
+    files, records = binary_dataset_files()
+    archive = write_tar(served / "cifar-10-binary.tar.gz", files)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data_root = tmp_path / "data"
+
+    prepared = dp.prepare_dataset(f"{base_url}/cifar-10-binary.tar.gz", data_root, expected_md5=md5)
+
+    assert prepared.reused is False
+    assert prepared.root.parent == data_root
+    assert prepared.root.name.startswith("cifar10-binary-")
+    assert prepared.label_names == CIFAR_CLASSES
+    assert dp.read_label_names(prepared.root) == CIFAR_CLASSES
+    assert prepared.split_counts == {"train": 90, "eval": 10, "test": 20}
+    assert (data_root / "downloads" / "cifar-10-binary.tar.gz").read_bytes() == archive.read_bytes()
+
+    # Every written example must be one of the source records, with its label and exact pixels.
+    expected = {"train": collections.Counter(), "test": collections.Counter()}
+    for name, (labels, pixels) in records.items():
+        split = "test" if name == "test_batch.bin" else "train"
+        for label, record_pixels in zip(labels, pixels, strict=True):
+            expected[split][record_image(record_pixels).tobytes(), int(label)] += 1
+    written = {"train": collections.Counter(), "test": collections.Counter()}
+    for split in dp.SPLITS:
+        for image_raw, label in read_split(prepared.root, split):
+            image = Image.open(io.BytesIO(image_raw))
+            assert image.format == "PNG"
+            pixels = np.asarray(image)
+            assert pixels.shape == (32, 32, 3)
+            written["test" if split == "test" else "train"][pixels.tobytes(), label] += 1
+    assert written["train"] == expected["train"]
+    assert written["test"] == expected["test"]
+
+
+def test_download_reused_on_second_run(http_server, tmp_path):
+    served, base_url, requested_paths = http_server
+    archive = write_tar(served / "subset.tar.gz", binary_dataset_files()[0])
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    url = f"{base_url}/subset.tar.gz"
+
+    first = dp.prepare_dataset(url, tmp_path / "data", expected_md5=md5, seed=1)
+    second = dp.prepare_dataset(url, tmp_path / "data", expected_md5=md5, seed=2)
+
+    assert requested_paths == ["/subset.tar.gz"]
+    assert first.root != second.root
+    assert second.reused is False
+
+
+def test_official_url_uses_published_md5(http_server, tmp_path, monkeypatch):
+    served, base_url, _ = http_server
+    archive = write_tar(served / "cifar-10-binary.tar.gz", binary_dataset_files()[0])
+    url = f"{base_url}/cifar-10-binary.tar.gz"
+    # Pretend the loopback URL is the official one, so no request leaves this machine.
+    monkeypatch.setattr(dp, "OFFICIAL_CIFAR10_URL", url)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(url, tmp_path / "data")
+    assert dp.OFFICIAL_CIFAR10_MD5 in str(error.value)
+
+    monkeypatch.setattr(dp, "OFFICIAL_CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    prepared = dp.prepare_dataset(url, tmp_path / "data")
+    assert prepared.split_counts["test"] == 20
+
+
+def test_download_md5_mismatch_deletes_file(http_server, tmp_path):
+    served, base_url, _ = http_server
+    archive = write_tar(served / "subset.tar.gz", binary_dataset_files()[0])
+    actual_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    wrong_md5 = "0" * 32
+    data_root = tmp_path / "data"
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(f"{base_url}/subset.tar.gz", data_root, expected_md5=wrong_md5)
+
+    message = str(error.value)
+    assert wrong_md5 in message
+    assert actual_md5 in message
+    assert sorted(os.listdir(data_root)) == ["downloads"]
+    assert os.listdir(data_root / "downloads") == []
+
+
+def test_unreachable_url_mentions_source_option(tmp_path):
+    # A bound socket that does not listen refuses connections on its port.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/cifar-10-binary.tar.gz"
+        with pytest.raises(dp.DataPreparationError) as error:
+            dp.prepare_dataset(url, tmp_path / "data", expected_md5="0" * 32)
+
+    message = str(error.value)
+    assert url in message
+    assert "--source" in message
+    assert os.listdir(tmp_path / "data" / "downloads") == []
+
+
+# --- Archives ----------------------------------------------------------------------------
+
+
+def _unsafe_member(kind: str, outside: pathlib.Path) -> tuple[tarfile.TarInfo, str]:
+    """Return an unsafe tar member of the given kind and the name the error must show."""
+    if kind == "parent":
+        info = tarfile.TarInfo("../evil")
+    elif kind == "absolute":
+        info = tarfile.TarInfo(str(outside))
+    elif kind == "symlink":
+        info = tarfile.TarInfo("cifar-10-batches-bin/link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "../../evil"
+    elif kind == "absolute symlink":
+        info = tarfile.TarInfo("cifar-10-batches-bin/link")
+        info.type = tarfile.SYMTYPE
+        info.linkname = str(outside)
+    elif kind == "hard link":
+        info = tarfile.TarInfo("hard")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "../evil"
+    else:
+        info = tarfile.TarInfo("cifar-10-batches-bin/pipe")
+        info.type = tarfile.FIFOTYPE
+    return info, info.name
+
+
+@pytest.mark.parametrize(
+    "kind", ["parent", "absolute", "symlink", "absolute symlink", "hard link", "fifo"]
+)
+def test_tar_unsafe_member_rejected(tmp_path, kind):
+    outside = tmp_path / "evil"
+    archive = tmp_path / "archives" / "unsafe.tar"
+    archive.parent.mkdir()
+    info, name = _unsafe_member(kind, outside)
+    files = binary_dataset_files()[0]
+    with tarfile.open(archive, "w") as tar:
+        for file_name, data in files.items():
+            file_info = tarfile.TarInfo(file_name)
+            file_info.size = len(data)
+            tar.addfile(file_info, io.BytesIO(data))
+        if info.isfile():
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        else:
+            tar.addfile(info)
+    data_root = tmp_path / "data"
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(archive), data_root)
+
+    assert repr(name) in str(error.value)
+    assert not outside.exists()
+    assert sorted(os.listdir(tmp_path)) == ["archives", "data"]
+    assert os.listdir(data_root) == []
+
+
+@pytest.mark.parametrize("name", ["../evil", "/evil", "train/../../evil"])
+def test_zip_unsafe_member_rejected(tmp_path, name):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files[name] = b"evil"
+    archive = write_zip(tmp_path / "archives" / "unsafe.zip", files)
+    data_root = tmp_path / "data"
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(archive), data_root, eval_fraction=0.5)
+
+    assert repr(name) in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["archives", "data"]
+    assert os.listdir(data_root) == []
+
+
+@pytest.mark.parametrize("file_name", ["notes.txt", "fake.tar.gz", "empty.zip"])
+def test_non_archive_file_rejected(tmp_path, file_name):
+    path = tmp_path / file_name
+    path.write_bytes(b"" if file_name == "empty.zip" else b"this is not an archive\n" * 50)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(path), tmp_path / "data")
+
+    message = str(error.value)
+    assert str(path) in message
+    assert "not a readable tar" in message
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_truncated_archive_rejected(tmp_path):
+    archive = write_tar(tmp_path / "subset.tar.gz", binary_dataset_files()[0])
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(truncated), tmp_path / "data")
+
+    assert str(truncated) in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("archive_name", ["subset.tar", "subset.tgz", "subset.zip"])
+def test_local_binary_archive_formats(tmp_path, archive_name):
+    files, records = binary_dataset_files(records_per_file=10)
+    path = tmp_path / archive_name
+    if archive_name.endswith(".zip"):
+        write_zip(path, files)
+    else:
+        write_tar(path, files, mode="w:gz" if archive_name.endswith(".tgz") else "w")
+
+    prepared = dp.prepare_dataset(str(path), tmp_path / "data", eval_fraction=0.2)
+
+    assert prepared.split_counts == {"train": 40, "eval": 10, "test": 10}
+    test_labels = sorted(label for _, label in read_split(prepared.root, "test"))
+    assert test_labels == sorted(records["test_batch.bin"][0].tolist())
+
+
+def test_official_file_name_checked_against_published_md5(tmp_path):
+    archive = write_tar(tmp_path / "cifar-10-binary.tar.gz", binary_dataset_files()[0])
+    actual_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(archive), tmp_path / "data")
+
+    assert dp.OFFICIAL_CIFAR10_MD5 in str(error.value)
+    assert actual_md5 in str(error.value)
+    assert archive.is_file()
+    prepared = dp.prepare_dataset(str(archive), tmp_path / "data", expected_md5=actual_md5)
+    assert prepared.split_counts["test"] == 20
+
+
+@pytest.mark.parametrize(
+    ("file_name", "data", "expected_text"),
+    [
+        ("data_batch_3.bin", bytes(2 * 3073 + 5), "not a positive multiple"),
+        ("test_batch.bin", bytes([10]) + bytes(3072), "has label 10"),
+    ],
+)
+def test_binary_batch_validated(tmp_path, file_name, data, expected_text):
+    files = binary_dataset_files()[0]
+    files[f"cifar-10-batches-bin/{file_name}"] = data
+    archive = write_tar(tmp_path / "subset.tar.gz", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(archive), tmp_path / "data")
+
+    assert file_name in str(error.value)
+    assert expected_text in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_binary_archive_missing_batch_rejected(tmp_path):
+    files = binary_dataset_files()[0]
+    del files["cifar-10-batches-bin/data_batch_4.bin"]
+    archive = write_tar(tmp_path / "subset.tar.gz", files)
+
+    with pytest.raises(dp.DataPreparationError, match="data_batch_4.bin"):
+        dp.prepare_dataset(str(archive), tmp_path / "data")
+
+
+# --- Image folders -----------------------------------------------------------------------
+
+
+def test_image_archive_keeps_jpeg_bytes(tmp_path, cifar_subset):
+    # One wrapping top-level folder around train/ and test/ must be accepted.
+    files = {f"cifar10/{name}": data for name, data in cifar_subset.items()}
+    archive = write_tar(tmp_path / "subset.tar.gz", files)
+
+    prepared = dp.prepare_dataset(str(archive), tmp_path / "data", eval_fraction=0.25)
+
+    assert prepared.root.name.startswith("images-")
+    assert prepared.label_names == CIFAR_CLASSES
+    total_train = len(CIFAR_CLASSES) * IMAGES_PER_CLASS
+    assert prepared.split_counts == {"train": 150, "eval": 50, "test": total_train}
+    for source_split, output_splits in (("train", ("train", "eval")), ("test", ("test",))):
+        expected = collections.Counter(
+            (data, CIFAR_CLASSES.index(name.split("/")[1]))
+            for name, data in cifar_subset.items()
+            if name.startswith(f"{source_split}/")
+        )
+        written = collections.Counter(
+            example for split in output_splits for example in read_split(prepared.root, split)
+        )
+        assert written == expected
+
+
+def test_image_folder_eval_stratified_and_deterministic(tmp_path, cifar_subset):
+    folder = write_folder(tmp_path / "images", cifar_subset)
+
+    first = dp.prepare_dataset(str(folder), tmp_path / "data-a", eval_fraction=0.25, seed=7)
+    second = dp.prepare_dataset(str(folder), tmp_path / "data-b", eval_fraction=0.25, seed=7)
+
+    eval_labels = collections.Counter(label for _, label in read_split(first.root, "eval"))
+    assert eval_labels == {label: 5 for label in range(len(CIFAR_CLASSES))}
+    assert first.root.name == second.root.name
+    first_files = sorted(path.relative_to(first.root) for path in first.root.rglob("*.tfrecord"))
+    second_files = sorted(path.relative_to(second.root) for path in second.root.rglob("*.tfrecord"))
+    assert first_files == second_files
+    for relative in first_files:
+        assert (first.root / relative).read_bytes() == (second.root / relative).read_bytes()
+    # The examples are shuffled, so the train split is not sorted by label.
+    train_labels = [label for _, label in read_split(first.root, "train")]
+    assert train_labels != sorted(train_labels)
+
+
+def test_rerun_reuses_output(tmp_path, cifar_subset, monkeypatch):
+    folder = write_folder(tmp_path / "images", cifar_subset)
+    first = dp.prepare_dataset(str(folder), tmp_path / "data", max_examples_per_split=50)
+    mtimes = file_mtimes(first.root)
+
+    def unexpected_writer(*args, **kwargs):
+        raise AssertionError("a reused output must not be written again")
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", unexpected_writer)
+    second = dp.prepare_dataset(str(folder), tmp_path / "data", max_examples_per_split=50)
+
+    assert second.reused is True
+    assert second.root == first.root
+    assert second.split_counts == first.split_counts
+    assert second.label_names == first.label_names
+    assert file_mtimes(second.root) == mtimes
+    assert sorted(os.listdir(tmp_path / "data")) == [first.root.name]
+
+
+def test_changed_folder_not_reused(tmp_path):
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    first = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+    (folder / "train" / "a" / "4.png").write_bytes(png_bytes((1, 2, 3)))
+
+    second = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    assert second.reused is False
+    assert second.root != first.root
+    assert second.split_counts["train"] + second.split_counts["eval"] == 9
+
+
+def test_writer_failure_leaves_no_output(tmp_path, cifar_subset, monkeypatch):
+    folder = write_folder(tmp_path / "images", cifar_subset)
+    real_writer = tf.io.TFRecordWriter
+    written = []
+
+    class FailingWriter:
+        """Wraps TFRecordWriter and raises on the sixth record."""
+
+        def __init__(self, path, *args, **kwargs):
+            self._writer = real_writer(path, *args, **kwargs)
+
+        def write(self, record):
+            if len(written) == 5:
+                raise RuntimeError("injected write failure")
+            written.append(record)
+            self._writer.write(record)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self._writer.close()
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FailingWriter)
+    data_root = tmp_path / "data"
+
+    with pytest.raises(RuntimeError, match="injected write failure"):
+        dp.prepare_dataset(str(folder), data_root)
+
+    assert len(written) == 5
+    assert os.listdir(data_root) == []
+
+
+def test_stale_temporary_folder_removed(tmp_path):
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    data_root = tmp_path / "data"
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = data_root / f".images.tmp-{dp._HOST}-{int(ended.stdout)}-0123abcd"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "train-00000-of-00001.tfrecord").write_bytes(b"partial")
+    running = data_root / f".images.tmp-{dp._HOST}-{os.getpid()}-0123abcd"
+    running.mkdir()
+
+    dp.prepare_dataset(str(folder), data_root, eval_fraction=0.5)
+
+    assert not stale.exists()
+    assert running.is_dir()
+
+
+def test_class_sets_differ_rejected(tmp_path):
+    files = small_image_files({"train": ["bird", "cat", "dog"], "test": ["cat", "dog", "frog"]})
+    folder = write_folder(tmp_path / "images", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data")
+
+    message = str(error.value)
+    assert "only in train: ['bird']" in message
+    assert "only in test: ['frog']" in message
+
+
+def test_empty_class_folder_rejected(tmp_path):
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    for path in (folder / "test" / "b").iterdir():
+        path.unlink()
+    (folder / "test" / "b" / ".DS_Store").write_bytes(b"hidden files are skipped")
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data")
+
+    assert str(folder / "test" / "b") in str(error.value)
+    assert "contains no images" in str(error.value)
+
+
+def test_image_formats_kept_or_converted(tmp_path):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    kept = {
+        "train/a/gif.gif": png_bytes((10, 20, 30), "GIF"),
+        "train/a/bmp.bmp": png_bytes((40, 50, 60), "BMP"),
+        "train/b/jpeg.jpg": png_bytes((70, 80, 90), "JPEG"),
+    }
+    tiff = png_bytes((5, 6, 7), "TIFF")
+    files.update(kept)
+    files["train/b/tiff.tif"] = tiff
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.2)
+
+    examples = read_split(prepared.root, "train") + read_split(prepared.root, "eval")
+    images = [image_raw for image_raw, _ in examples]
+    for data in kept.values():
+        assert data in images
+    assert tiff not in images
+    converted = [
+        image_raw
+        for image_raw in images
+        if np.array_equal(
+            np.asarray(Image.open(io.BytesIO(image_raw))), np.full((8, 8, 3), (5, 6, 7))
+        )
+    ]
+    assert len(converted) == 1
+    assert Image.open(io.BytesIO(converted[0])).format == "PNG"
+
+
+def test_unreadable_image_rejected(tmp_path):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["test/a/broken.jpg"] = b"\xff\xd8 not really a JPEG"
+    folder = write_folder(tmp_path / "images", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    assert str(folder / "test" / "a" / "broken.jpg") in str(error.value)
+    assert "remove the file" in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_symlink_inside_tar_read_as_target(tmp_path):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    archive = tmp_path / "linked.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("train/b/link.png")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "../a/0.png"
+        tar.addfile(link)
+
+    prepared = dp.prepare_dataset(str(archive), tmp_path / "data", eval_fraction=0.2)
+
+    examples = read_split(prepared.root, "train") + read_split(prepared.root, "eval")
+    assert examples.count((files["train/a/0.png"], 0)) == 1
+    assert examples.count((files["train/a/0.png"], 1)) == 1
+
+
+def test_max_examples_balanced_across_classes(tmp_path):
+    archive = write_tar(tmp_path / "subset.tar.gz", binary_dataset_files()[0])
+
+    prepared = dp.prepare_dataset(
+        str(archive), tmp_path / "data", eval_fraction=0.5, max_examples_per_split=35
+    )
+
+    assert prepared.split_counts["train"] + prepared.split_counts["eval"] == 35
+    assert prepared.split_counts["test"] == 20
+    per_class = collections.Counter(
+        label for split in ("train", "eval") for _, label in read_split(prepared.root, split)
+    )
+    assert sorted(per_class.values()) == [3] * 5 + [4] * 5
+    eval_per_class = collections.Counter(label for _, label in read_split(prepared.root, "eval"))
+    assert set(eval_per_class.values()) == {2}
+
+
+@pytest.mark.parametrize("eval_fraction", [0, 1, -0.1, 1.5, math.nan])
+def test_invalid_eval_fraction_rejected(tmp_path, eval_fraction):
+    with pytest.raises(dp.DataPreparationError, match="eval_fraction"):
+        dp.prepare_dataset(str(tmp_path), tmp_path / "data", eval_fraction=eval_fraction)
+
+
+def test_empty_eval_split_rejected(tmp_path):
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+
+    with pytest.raises(dp.DataPreparationError, match="eval split would be empty"):
+        dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.1)
+
+
+def test_read_label_names_missing_file(tmp_path):
+    with pytest.raises(dp.DataPreparationError, match="label_names.txt"):
+        dp.read_label_names(tmp_path)
+
+
+# --- Command line ------------------------------------------------------------------------
+
+
+def test_cli_prepares_folder_source(tmp_path, cifar_subset):
+    folder = write_folder(tmp_path / "images", cifar_subset)
+    command = [
+        sys.executable,
+        "-m",
+        "components.data_preparation",
+        "--source",
+        str(folder),
+        "--data-root",
+        str(tmp_path / "data"),
+        "--eval-fraction",
+        "0.25",
+        "--max-examples-per-split",
+        "40",
+    ]
+
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    assert "Examples per split: train=30, eval=10, test=40" in result.stdout
+    assert f"Label names (10): {', '.join(CIFAR_CLASSES)}" in result.stdout
+    assert "Reused existing output: no" in result.stdout
+    (output,) = (tmp_path / "data").iterdir()
+    assert dp.read_label_names(output) == CIFAR_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected_text"),
+    [
+        (["--source", "missing-folder"], "was not found"),
+        (["--source", ".", "--eval-fraction", "1.5"], "eval_fraction"),
+        (["--source", ".", "--md5", "xyz"], "Invalid md5"),
+    ],
+)
+def test_cli_bad_input_exits_2(tmp_path, capsys, arguments, expected_text):
+    exit_code = dp.main([*arguments, "--data-root", str(tmp_path / "data")])
+
+    assert exit_code == 2
+    assert expected_text in capsys.readouterr().err
