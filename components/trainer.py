@@ -165,6 +165,7 @@ def train_phase(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+    epoch_logger = EpochLogger(name, config.batch_size, train_steps)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
@@ -176,7 +177,7 @@ def train_phase(
         ),
         # Restores the last finished epoch if this execution is restarted.
         keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", name)),
-        EpochLogger(name, config.batch_size, train_steps),
+        epoch_logger,
     ]
     logger.info(
         "Phase %s: %d epochs of %d steps, batch %d, peak learning rate %g.",
@@ -195,7 +196,9 @@ def train_phase(
         callbacks=callbacks,
         verbose=0,
     )
-    return {key: [float(value) for value in values] for key, values in result.history.items()}
+    history = {key: [float(value) for value in values] for key, values in result.history.items()}
+    history["images_per_second"] = epoch_logger.images_per_second
+    return history
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -209,14 +212,17 @@ class EpochLogger(keras.callbacks.Callback):
         self._interval = interval_seconds
         self._started = 0.0
         self._last_log = 0.0
+        self._last_batch_end = 0.0
         self._epoch = 0
+        # Training images per second of each epoch, validation excluded.
+        self.images_per_second: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch + 1
         self._started = self._last_log = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        now = time.perf_counter()
+        now = self._last_batch_end = time.perf_counter()
         if now - self._last_log < self._interval:
             return
         self._last_log = now
@@ -232,13 +238,15 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._started
+        training_seconds = max(self._last_batch_end - self._started, 1e-9)
+        self.images_per_second.append(self._steps * self._batch_size / training_seconds)
         metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted((logs or {}).items()))
         logger.info(
-            "Phase %s epoch %d done in %.1f s (%.1f images/s, validation included): %s.",
+            "Phase %s epoch %d done in %.1f s (training %.1f images/s): %s.",
             self._phase,
             epoch + 1,
             seconds,
-            self._steps * self._batch_size / max(seconds, 1e-9),
+            self.images_per_second[-1],
             metrics,
         )
 

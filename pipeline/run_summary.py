@@ -48,6 +48,8 @@ class RunSummary:
     failed_thresholds: list[str] = dataclasses.field(default_factory=list)
     pushed_path: str | None = None
     model_uri: str | None = None
+    # Trainer's ModelRun artifact: TensorBoard logs, checkpoints, history.json.
+    model_run_uri: str | None = None
 
 
 def open_store(metadata_path: str) -> mlmd.MetadataStore:
@@ -117,6 +119,8 @@ def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None = N
         elif node_id == "Trainer":
             models = outputs.get("Model", [])
             summary.model_uri = models[0].uri if models else None
+            model_runs = outputs.get("ModelRun", [])
+            summary.model_run_uri = model_runs[0].uri if model_runs else None
     return summary
 
 

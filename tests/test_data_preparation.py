@@ -1,8 +1,8 @@
 """Tests of components.data_preparation on small archives and folders built in each test.
 
-Image-folder tests take a small subset of the real CIFAR-10 JPEG archive that the project
-keeps at ../shared/datasets/cifar10-images.tar.gz; they are skipped when it is missing.
-Downloads are served by a loopback HTTP server that the tests start.
+Image-folder tests copy a small subset of the real CIFAR-10 JPEG archive at
+CIFAR_IMAGES_ARCHIVE and are skipped when it is missing. Downloads come from an HTTP server
+on 127.0.0.1 that the tests start.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import tensorflow as tf
 from PIL import Image
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# pytest puts tests/ on sys.path, not the repository root that holds the components package.
+# pytest puts tests/ on sys.path, not the repository root. Inserting the root makes the tests
+# import this checkout's package even where another copy is installed.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -185,14 +186,14 @@ def cifar_subset() -> dict[str, bytes]:
     if not CIFAR_IMAGES_ARCHIVE.is_file():
         pytest.skip(f"{CIFAR_IMAGES_ARCHIVE} is missing")
     files = {}
-    taken = collections.Counter()
+    taken_counts = collections.Counter()
     with tarfile.open(CIFAR_IMAGES_ARCHIVE, "r|gz") as tar:
         for member in tar:
             if not member.isfile():
                 continue
             split, class_name, _ = member.name.split("/")
-            if taken[split, class_name] < IMAGES_PER_CLASS:
-                taken[split, class_name] += 1
+            if taken_counts[split, class_name] < IMAGES_PER_CLASS:
+                taken_counts[split, class_name] += 1
                 files[member.name] = tar.extractfile(member).read()
     assert len(files) == 2 * len(CIFAR_CLASSES) * IMAGES_PER_CLASS
     return files
@@ -596,8 +597,8 @@ def test_class_sets_differ_rejected(tmp_path):
         dp.prepare_dataset(str(folder), tmp_path / "data")
 
     message = str(error.value)
-    assert "only in train: ['bird']" in message
-    assert "only in test: ['frog']" in message
+    assert "Only in train: ['bird']" in message
+    assert "Only in test: ['frog']" in message
 
 
 def test_empty_class_folder_rejected(tmp_path):
@@ -617,13 +618,13 @@ def test_empty_class_folder_rejected(tmp_path):
 
 def test_image_formats_kept_or_converted(tmp_path):
     files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
-    kept = {
+    unchanged_images = {
         "train/a/gif.gif": png_bytes((10, 20, 30), "GIF"),
         "train/a/bmp.bmp": png_bytes((40, 50, 60), "BMP"),
         "train/b/jpeg.jpg": png_bytes((70, 80, 90), "JPEG"),
     }
     tiff = png_bytes((5, 6, 7), "TIFF")
-    files.update(kept)
+    files.update(unchanged_images)
     files["train/b/tiff.tif"] = tiff
     folder = write_folder(tmp_path / "images", files)
 
@@ -631,7 +632,7 @@ def test_image_formats_kept_or_converted(tmp_path):
 
     examples = read_split(prepared.root, "train") + read_split(prepared.root, "eval")
     images = [image_raw for image_raw, _ in examples]
-    for data in kept.values():
+    for data in unchanged_images.values():
         assert data in images
     assert tiff not in images
     converted = [
