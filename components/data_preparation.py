@@ -51,6 +51,7 @@ import shutil
 import socket
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -59,7 +60,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -157,18 +158,21 @@ class _ImageListing:
 
 
 class _ProgressLog:
-    """Logs `done of total` at every 10 % of a loop."""
+    """Progress of a loop, logged as `done of total` at most every few seconds and at the end."""
 
-    def __init__(self, description: str, total: int) -> None:
+    def __init__(self, description: str, total: int, interval_seconds: float = 5.0) -> None:
         self._description = description
         self._total = total
-        self._step = max(1, math.ceil(total / 10))
+        self._interval = interval_seconds
+        self._last_log = time.monotonic()
         self._done = 0
 
     def advance(self) -> None:
         self._done += 1
-        if self._done % self._step == 0 or self._done == self._total:
-            percent = 100 * self._done // self._total
+        now = time.monotonic()
+        if self._done == self._total or now - self._last_log >= self._interval:
+            self._last_log = now
+            percent = 100 * self._done // max(self._total, 1)
             logger.info("%s: %d of %d (%d%%)", self._description, self._done, self._total, percent)
 
 
@@ -1193,9 +1197,13 @@ def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list
                 image_format = image.format
                 image.verify()
         except Exception as error:  # PIL plugins raise many exception types for broken files.
+            if isinstance(error, UnidentifiedImageError):
+                reason = "PIL does not recognize its format"
+            else:
+                reason = f"{type(error).__name__}: {error}"
             raise DataPreparationError(
-                f"{tree.display(path)} is not a readable image ({type(error).__name__}: "
-                f"{error}). Remove the file or replace it with a valid image."
+                f"{tree.display(path)} is not a readable image ({reason}). Remove the file or "
+                "replace it with a valid image."
             ) from error
         needs_png.append(image_format not in _KEPT_FORMATS)
         progress.advance()

@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 BASE_MODEL_NAME = "resnet50"
 HEAD_NAME = "probabilities"
 
-# Where Keras publishes the ImageNet weights of ResNet50 without its top, and
-# their md5 (keras/src/applications/resnet.py of Keras 3.6).
+# The ImageNet weights of ResNet50 without its top: file name, URL and md5 as
+# keras/src/applications/resnet.py of Keras 3.6 has them.
 IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_WEIGHTS_FILE

@@ -1,7 +1,7 @@
 """Trainer's run_fn: transfer learning of ResNet50 on the transformed images.
 
 Training runs in up to two phases. Phase 1 ("head") trains only the new head
-on a frozen base model; phase 2 ("fine_tune") unfreezes the top of the base
+on a frozen base model. Phase 2 ("fine_tune") unfreezes the top of the base
 and continues at a lower learning rate. From random initialisation phase 1 is
 skipped. Each phase stops early on the loss of the `eval` split; the `test`
 split never reaches this file.

@@ -159,7 +159,7 @@ class EvaluationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Where the pipeline reads and writes, and the component settings."""
+    """Locations the pipeline reads and writes, and the settings of its components."""
 
     # Folder written by data preparation: train/, eval/, test/, label_names.txt.
     data_root: str

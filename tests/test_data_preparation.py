@@ -1,8 +1,8 @@
 """Tests of components.data_preparation on small archives and folders built in each test.
 
 Image-folder tests copy a small subset of the real CIFAR-10 JPEG archive at
-CIFAR_IMAGES_ARCHIVE and are skipped when it is missing. Downloads come from an HTTP server
-on 127.0.0.1 that the tests start.
+conftest.CIFAR10_ARCHIVE (the environment variable CIFAR10_IMAGES_ARCHIVE overrides it) and
+fail when it is missing. Downloads come from an HTTP server on 127.0.0.1 that the tests start.
 """
 
 from __future__ import annotations
@@ -25,29 +25,13 @@ import zipfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import CIFAR10_ARCHIVE as CIFAR_IMAGES_ARCHIVE
+from conftest import LABEL_NAMES as CIFAR_CLASSES
+from conftest import REPO_ROOT
 from PIL import Image
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# pytest puts tests/ on sys.path, not the repository root. Inserting the root makes the tests
-# import this checkout's package even where another copy is installed.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from components import data_preparation as dp
 
-from components import data_preparation as dp  # noqa: E402
-
-CIFAR_IMAGES_ARCHIVE = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-images.tar.gz"
-CIFAR_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 BINARY_FILES = (*(f"data_batch_{number}.bin" for number in range(1, 6)), "test_batch.bin")
 IMAGES_PER_CLASS = 20
 
@@ -84,7 +68,7 @@ def write_folder(root: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
 def binary_dataset_files(records_per_file: int = 20) -> tuple[dict[str, bytes], dict]:
     """Return the files of an official-layout dataset and, per .bin file, labels and pixels.
 
-    Labels cycle through 0..9 so every class is present; pixels are random but seeded.
+    Labels cycle through 0..9 so every class is present. Pixels are random but seeded.
     """
     files = {}
     records = {}
@@ -96,7 +80,7 @@ def binary_dataset_files(records_per_file: int = 20) -> tuple[dict[str, bytes], 
             [labels[:, None], pixels], axis=1
         ).tobytes()
         records[name] = (labels, pixels)
-    # The official file ends with blank lines, which must be ignored.
+    # Trailing blank lines in batches.meta.txt must be ignored.
     meta = "\n".join(CIFAR_CLASSES) + "\n\n"
     files["cifar-10-batches-bin/batches.meta.txt"] = meta.encode()
     return files, records
@@ -181,10 +165,13 @@ def http_server(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def cifar_subset() -> dict[str, bytes]:
+def cifar_jpeg_files() -> dict[str, bytes]:
     """Return the first 20 JPEG files per class and split of the real CIFAR-10 archive."""
     if not CIFAR_IMAGES_ARCHIVE.is_file():
-        pytest.skip(f"{CIFAR_IMAGES_ARCHIVE} is missing")
+        pytest.fail(
+            f"Real CIFAR-10 images not found at {CIFAR_IMAGES_ARCHIVE}. Set "
+            "CIFAR10_IMAGES_ARCHIVE to a copy of cifar10-images.tar.gz."
+        )
     files = {}
     taken_counts = collections.Counter()
     with tarfile.open(CIFAR_IMAGES_ARCHIVE, "r|gz") as tar:
@@ -265,6 +252,18 @@ def test_official_url_uses_published_md5(http_server, tmp_path, monkeypatch):
     monkeypatch.setattr(dp, "OFFICIAL_CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     prepared = dp.prepare_dataset(url, tmp_path / "data")
     assert prepared.split_counts["test"] == 20
+
+
+def test_unverified_url_logs_warning(http_server, tmp_path, caplog):
+    served, base_url, _ = http_server
+    write_tar(served / "subset.tar.gz", binary_dataset_files()[0])
+    url = f"{base_url}/subset.tar.gz"
+
+    with caplog.at_level("WARNING", logger=dp.__name__):
+        prepared = dp.prepare_dataset(url, tmp_path / "data")
+
+    assert prepared.split_counts["test"] == 20
+    assert f"No md5 is known for {url}" in caplog.text
 
 
 def test_download_md5_mismatch_deletes_file(http_server, tmp_path):
@@ -455,12 +454,22 @@ def test_binary_archive_missing_batch_rejected(tmp_path):
         dp.prepare_dataset(str(archive), tmp_path / "data")
 
 
+def test_binary_folder_source(tmp_path):
+    folder = write_folder(tmp_path / "extracted", binary_dataset_files()[0])
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data")
+
+    assert prepared.root.name.startswith("cifar10-binary-")
+    assert prepared.split_counts == {"train": 90, "eval": 10, "test": 20}
+    assert dp.read_label_names(prepared.root) == CIFAR_CLASSES
+
+
 # --- Image folders -----------------------------------------------------------------------
 
 
-def test_image_archive_keeps_jpeg_bytes(tmp_path, cifar_subset):
+def test_image_archive_keeps_jpeg_bytes(tmp_path, cifar_jpeg_files):
     # One wrapping top-level folder around train/ and test/ must be accepted.
-    files = {f"cifar10/{name}": data for name, data in cifar_subset.items()}
+    files = {f"cifar10/{name}": data for name, data in cifar_jpeg_files.items()}
     archive = write_tar(tmp_path / "subset.tar.gz", files)
 
     prepared = dp.prepare_dataset(str(archive), tmp_path / "data", eval_fraction=0.25)
@@ -472,7 +481,7 @@ def test_image_archive_keeps_jpeg_bytes(tmp_path, cifar_subset):
     for source_split, output_splits in (("train", ("train", "eval")), ("test", ("test",))):
         expected = collections.Counter(
             (data, CIFAR_CLASSES.index(name.split("/")[1]))
-            for name, data in cifar_subset.items()
+            for name, data in cifar_jpeg_files.items()
             if name.startswith(f"{source_split}/")
         )
         written = collections.Counter(
@@ -481,8 +490,8 @@ def test_image_archive_keeps_jpeg_bytes(tmp_path, cifar_subset):
         assert written == expected
 
 
-def test_image_folder_eval_stratified_and_deterministic(tmp_path, cifar_subset):
-    folder = write_folder(tmp_path / "images", cifar_subset)
+def test_image_folder_eval_stratified_and_deterministic(tmp_path, cifar_jpeg_files):
+    folder = write_folder(tmp_path / "images", cifar_jpeg_files)
 
     first = dp.prepare_dataset(str(folder), tmp_path / "data-a", eval_fraction=0.25, seed=7)
     second = dp.prepare_dataset(str(folder), tmp_path / "data-b", eval_fraction=0.25, seed=7)
@@ -500,8 +509,8 @@ def test_image_folder_eval_stratified_and_deterministic(tmp_path, cifar_subset):
     assert train_labels != sorted(train_labels)
 
 
-def test_rerun_reuses_output(tmp_path, cifar_subset, monkeypatch):
-    folder = write_folder(tmp_path / "images", cifar_subset)
+def test_rerun_reuses_output(tmp_path, cifar_jpeg_files, monkeypatch):
+    folder = write_folder(tmp_path / "images", cifar_jpeg_files)
     first = dp.prepare_dataset(str(folder), tmp_path / "data", max_examples_per_split=50)
     mtimes = file_mtimes(first.root)
 
@@ -533,8 +542,8 @@ def test_changed_folder_not_reused(tmp_path):
     assert second.split_counts["train"] + second.split_counts["eval"] == 9
 
 
-def test_writer_failure_leaves_no_output(tmp_path, cifar_subset, monkeypatch):
-    folder = write_folder(tmp_path / "images", cifar_subset)
+def test_writer_failure_leaves_no_output(tmp_path, cifar_jpeg_files, monkeypatch):
+    folder = write_folder(tmp_path / "images", cifar_jpeg_files)
     real_writer = tf.io.TFRecordWriter
     written = []
 
@@ -655,7 +664,7 @@ def test_unreadable_image_rejected(tmp_path):
         dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
 
     assert str(folder / "test" / "a" / "broken.jpg") in str(error.value)
-    assert "remove the file" in str(error.value)
+    assert "Remove the file" in str(error.value)
     assert os.listdir(tmp_path / "data") == []
 
 
@@ -719,8 +728,8 @@ def test_read_label_names_missing_file(tmp_path):
 # --- Command line ------------------------------------------------------------------------
 
 
-def test_cli_prepares_folder_source(tmp_path, cifar_subset):
-    folder = write_folder(tmp_path / "images", cifar_subset)
+def test_cli_prepares_folder_source(tmp_path, cifar_jpeg_files):
+    folder = write_folder(tmp_path / "images", cifar_jpeg_files)
     command = [
         sys.executable,
         "-m",
