@@ -12,20 +12,20 @@ Everything goes under --output-dir: prepared data (data/), artifacts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
 import sys
 import time
 
+from pipeline import cli
 from pipeline import config as cfg
 
 logger = logging.getLogger("local_runner")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = cfg.TrainingConfig()
-    evaluation = cfg.EvaluationConfig()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -86,95 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="Show every log line of TFX, Beam and TF."
     )
 
-    training = parser.add_argument_group("training")
-    training.add_argument(
-        "--base-weights",
-        default=defaults.base_weights,
-        help="Weights of the ResNet50 base model: 'imagenet' (downloaded by Keras), "
-        "'blessed' (warm start from this pipeline's last blessed model), 'none' (random "
-        "initialisation) or a path to a ResNet50 weights .h5 file without top "
-        "(default: %(default)s).",
-    )
-    training.add_argument(
-        "--imagenet-weights-url",
-        default=None,
-        help="Mirror of Keras' ResNet50 ImageNet weights file, fetched before the run starts.",
-    )
-    training.add_argument(
-        "--head-epochs",
-        type=int,
-        default=defaults.head_epochs,
-        help="Epochs training only the new head on a frozen base (default: %(default)s; "
-        "skipped with --base-weights none).",
-    )
-    training.add_argument(
-        "--fine-tune-epochs",
-        type=int,
-        default=defaults.fine_tune_epochs,
-        help="Epochs with the base model unfrozen (default: %(default)s).",
-    )
-    training.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=defaults.fine_tune_layers,
-        help="Top layers of the base model unfrozen for fine-tuning, 0 for all "
-        "(default: %(default)s).",
-    )
-    training.add_argument(
-        "--learning-rate",
-        type=float,
-        default=defaults.learning_rate,
-        help="Peak learning rate of the head phase and of training from random "
-        "initialisation (default: %(default)s).",
-    )
-    training.add_argument(
-        "--fine-tune-learning-rate",
-        type=float,
-        default=defaults.fine_tune_learning_rate,
-        help="Peak learning rate of fine-tuning pre-trained weights (default: %(default)s).",
-    )
-    training.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="Images per step (default: %(default)s).",
-    )
-    training.add_argument(
-        "--image-size",
-        type=int,
-        default=defaults.image_size,
-        help="Side in pixels of the square model input; images are resized to it "
-        "(default: %(default)s, minimum 32).",
-    )
-    training.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        default=None,
-        help="Training steps per epoch. Default: one full pass over `train`.",
-    )
-    training.add_argument(
-        "--eval-steps",
-        type=int,
-        default=None,
-        help="Validation steps per epoch. Default: one full pass over `eval`.",
-    )
-    training.add_argument("--seed", type=int, default=defaults.seed, help="Random seed.")
-
-    evaluation_group = parser.add_argument_group("evaluation")
-    evaluation_group.add_argument(
-        "--min-accuracy",
-        type=float,
-        default=evaluation.min_accuracy,
-        help="Lowest test accuracy, as a fraction in 0..1, that gets a model blessed "
-        "(default: %(default)s).",
-    )
-    evaluation_group.add_argument(
-        "--max-accuracy-drop",
-        type=float,
-        default=evaluation.max_accuracy_drop,
-        help="Largest drop of test accuracy, as a fraction, allowed against the last "
-        "blessed model (default: %(default)s).",
-    )
+    cli.add_training_arguments(parser)
+    cli.add_evaluation_arguments(parser)
+    cli.add_beam_arguments(parser)
     return parser
 
 
@@ -249,35 +163,21 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        base_weights = args.base_weights
-        if base_weights == cfg.BASE_WEIGHTS_IMAGENET:
+        # Every flag is checked before anything touches the network or disk.
+        training = cli.training_config(args, args.base_weights)
+        evaluation = cli.evaluation_config(args)
+        beam_args = cli.beam_pipeline_args(args)
+
+        if training.base_weights == cfg.BASE_WEIGHTS_IMAGENET:
             # Fetch before any component runs, so a machine without internet
-            # fails in seconds rather than after Transform.
+            # fails in seconds rather than after Transform. The Trainer then
+            # loads the downloaded file.
             logger.info("Fetching the ImageNet weights of ResNet50.")
-            base_weights = model.fetch_imagenet_weights(
-                url=args.imagenet_weights_url or model.IMAGENET_WEIGHTS_URL,
-                md5=None if args.imagenet_weights_url else model.IMAGENET_WEIGHTS_MD5,
+            weights_file = model.fetch_imagenet_weights(
+                url=training.imagenet_weights_url,
                 cache_dir=os.path.join(output_dir, "downloads", "keras"),
             )
-
-        training = cfg.TrainingConfig(
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            base_weights=base_weights,
-            head_epochs=args.head_epochs,
-            fine_tune_epochs=args.fine_tune_epochs,
-            fine_tune_layers=args.fine_tune_layers,
-            learning_rate=args.learning_rate,
-            fine_tune_learning_rate=args.fine_tune_learning_rate,
-            steps_per_epoch=args.steps_per_epoch,
-            eval_steps=args.eval_steps,
-            seed=args.seed,
-        )
-        evaluation = cfg.EvaluationConfig(
-            min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop
-        )
-        training.validate()
-        evaluation.validate()
+            training = dataclasses.replace(training, base_weights=weights_file)
 
         logger.info("Preparing data from %s.", args.source or data_preparation.OFFICIAL_CIFAR10_URL)
         prepared = data_preparation.prepare_dataset(
@@ -306,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             schema_dir=os.path.abspath(args.schema_dir),
             training=training,
             evaluation=evaluation,
+            beam_pipeline_args=beam_args,
             enable_cache=not args.no_cache,
         )
         definition = pipeline.create_pipeline(pipeline_config)

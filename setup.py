@@ -33,7 +33,7 @@ setup(
     name="cifar10-tfx-pipeline",
     version="0.1.0",
     description="TFX pipeline from CIFAR-10 images to a ResNet50 served by TensorFlow Serving",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.10,<3.12",
     packages=["pipeline", "components"],
     py_modules=["local_runner"],
     package_data={"": ["*.pbtxt"]},

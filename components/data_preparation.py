@@ -1409,7 +1409,9 @@ def _build_output(
             "class_counts": class_counts,
             "shards": shards,
             "features": {"image_raw": "bytes", "label": "int64"},
-            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
         }
         # The manifest is written last: a folder without one is never reused.
         manifest_text = json.dumps(manifest, indent=2) + "\n"

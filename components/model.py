@@ -53,15 +53,20 @@ def build_model(
 
 
 def fetch_imagenet_weights(
-    url: str = IMAGENET_WEIGHTS_URL,
+    url: str | None = None,
     md5: str | None = IMAGENET_WEIGHTS_MD5,
     cache_dir: str | None = None,
 ) -> str:
     """Download (or find in Keras' cache) the ImageNet weights; return the file path.
 
     This is the call keras.applications makes for weights="imagenet", with the
-    URL and cache folder open to change so a local mirror can stand in.
+    URL and cache folder open to change so a local mirror can stand in. The md5
+    is checked only for Keras' own URL unless given.
     """
+    if url is None:
+        url = IMAGENET_WEIGHTS_URL
+    elif md5 == IMAGENET_WEIGHTS_MD5 and url != IMAGENET_WEIGHTS_URL:
+        md5 = None
     if cache_dir:
         # Keras silently falls back to /tmp/.keras when the folder is missing.
         os.makedirs(cache_dir, exist_ok=True)

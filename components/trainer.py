@@ -120,7 +120,7 @@ def load_base_weights(
         logger.info("Base weights: random initialisation.")
         return False
     if choice == BASE_WEIGHTS_IMAGENET:
-        path = model.fetch_imagenet_weights()
+        path = model.fetch_imagenet_weights(url=config.imagenet_weights_url)
         model.load_weights_file(base, path)
         logger.info("Base weights: ImageNet, from %s.", path)
         return True

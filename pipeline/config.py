@@ -58,6 +58,9 @@ class TrainingConfig:
     # (random initialisation) or a path to a Keras weights file of ResNet50
     # without its top.
     base_weights: str = BASE_WEIGHTS_IMAGENET
+    # Mirror of Keras' ResNet50 ImageNet weights file; None uses Keras' own URL
+    # and checks the file's published md5.
+    imagenet_weights_url: str | None = None
     # Phase 1: epochs with the base model frozen and only the new head trained.
     # Skipped when base_weights is "none", since a random base gives no
     # features worth freezing.
@@ -174,6 +177,10 @@ class PipelineConfig:
     model_name: str = "cifar10"
     pipeline_name: str = PIPELINE_NAME
     schema_dir: str = DEFAULT_SCHEMA_DIR
+    # Where this repository's files (module files, schema) are found when the
+    # components run: this checkout for local runs, the container image's copy
+    # for Kubeflow.
+    code_root: str = REPO_ROOT
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     # Extra Apache Beam arguments for the Beam-based components.

@@ -37,6 +37,19 @@ def check_schema_matches_labels(schema_dir: str, label_names: tuple[str, ...]) -
         )
 
 
+def runtime_path(config: cfg.PipelineConfig, local_path: str) -> str:
+    """Return where a file of this checkout is found when the components run."""
+    relative = os.path.relpath(os.path.abspath(local_path), cfg.REPO_ROOT)
+    if config.code_root == cfg.REPO_ROOT:
+        return os.path.abspath(local_path)
+    if relative.startswith(os.pardir):
+        raise cfg.ConfigError(
+            f"{local_path} is outside the repository, so the container image built from it "
+            "does not hold the file; copy it into the repository (e.g. schemas/) first."
+        )
+    return f"{config.code_root.rstrip('/')}/{relative}"
+
+
 def split_config() -> example_gen_pb2.Input:
     return example_gen_pb2.Input(
         splits=[
@@ -104,7 +117,9 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
 
     # The curated schema, not an inferred one, so bad data cannot widen it.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path(config.schema_dir))
+    schema_gen = tfx.components.ImportSchemaGen(
+        schema_file=runtime_path(config, schema_path(config.schema_dir))
+    )
 
     # Compare each split's statistics against the schema.
     example_validator = tfx.components.ExampleValidator(
@@ -119,7 +134,7 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        module_file=cfg.TRANSFORM_MODULE_FILE,
+        module_file=runtime_path(config, cfg.TRANSFORM_MODULE_FILE),
         materialize=False,
         splits_config=tfx.proto.SplitsConfig(analyze=[cfg.TRAIN_SPLIT]),
         custom_config={"image_size": training.image_size},
@@ -138,7 +153,7 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
     if training.base_weights == cfg.BASE_WEIGHTS_BLESSED:
         trainer_inputs["base_model"] = latest_blessed_model.outputs["model"]
     trainer = tfx.components.Trainer(
-        module_file=cfg.TRAINER_MODULE_FILE,
+        module_file=runtime_path(config, cfg.TRAINER_MODULE_FILE),
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

@@ -1,0 +1,97 @@
+"""local_runner.py flags: help text and the errors raised before any component runs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import local_runner
+
+
+def run(arguments: list[str], capsys) -> tuple[int, str]:
+    status = local_runner.main(arguments)
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def test_help_explains_flags_with_units(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        local_runner.main(["--help"])
+    text = capsys.readouterr().out
+
+    assert exit_info.value.code == 0
+    for flag in ("--source", "--base-weights", "--head-epochs", "--min-accuracy", "--output-dir"):
+        assert flag in text
+    assert "fraction in 0..1" in text
+    assert "Side in pixels" in text
+
+
+def test_unreachable_imagenet_mirror_fails_before_pipeline(tmp_path, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    status, output = run(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--source",
+            str(tmp_path / "unused"),
+            "--imagenet-weights-url",
+            f"http://127.0.0.1:{port}/weights.h5",
+        ],
+        capsys,
+    )
+
+    assert status == 2
+    assert f"127.0.0.1:{port}" in output
+    assert "--base-weights none" in output
+    assert not (tmp_path / "metadata.sqlite").exists()
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--min-accuracy", "1.5"], "min_accuracy=1.5 is outside 0..1"),
+        (["--image-size", "16"], "image_size=16 is below 32"),
+        (["--base-weights", "imagenett"], "base_weights='imagenett'"),
+    ],
+)
+def test_invalid_flag_exits_2_with_message(arguments, expected, tmp_path, capsys):
+    # --base-weights none keeps the run away from Keras' download URL.
+    status, output = run(
+        ["--output-dir", str(tmp_path), "--source", str(tmp_path), "--base-weights", "none"]
+        + arguments,
+        capsys,
+    )
+
+    assert status == 2
+    assert expected in output
+    assert not (tmp_path / "metadata.sqlite").exists()
+
+
+def test_output_dir_that_cannot_be_created_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    arguments = ["--output-dir", str(blocker / "runs"), "--source", str(tmp_path)]
+    status, output = run([*arguments, "--base-weights", "none"], capsys)
+
+    assert status == 2
+    assert str(blocker / "runs") in output
+
+
+def test_bad_source_exits_2_naming_it(tmp_path, capsys):
+    source = tmp_path / "not-an-archive.txt"
+    source.write_text("hello")
+
+    status, output = run(
+        ["--output-dir", str(tmp_path / "out"), "--source", str(source), "--base-weights", "none"],
+        capsys,
+    )
+
+    assert status == 2
+    assert str(source) in output
+    assert not (tmp_path / "out" / "metadata.sqlite").exists()
