@@ -34,7 +34,7 @@ setup(
     version="0.1.0",
     description="TFX pipeline from CIFAR-10 images to a ResNet50 served by TensorFlow Serving",
     python_requires=">=3.10,<3.12",
-    packages=["pipeline", "components"],
+    packages=["pipeline", "components", "tools"],
     py_modules=["local_runner"],
     package_data={"": ["*.pbtxt"]},
     install_requires=INSTALL_REQUIRES,

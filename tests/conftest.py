@@ -6,6 +6,7 @@ import io
 import os
 import pathlib
 import tarfile
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -142,3 +143,37 @@ def jpeg_bytes(pixels: np.ndarray) -> bytes:
 
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
+
+
+QUICK_TRAINING = ["--steps-per-epoch", "3", "--eval-steps", "1", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="session")
+def first_run(cifar_subset, tmp_path_factory):
+    """One cold run of local_runner.py from random initialisation on `cifar_subset`.
+
+    Returns (output folder, printed summary). Tests that only read the run's
+    outputs share it, so the suite runs the pipeline once for all of them.
+    """
+    import local_runner
+
+    output = tmp_path_factory.mktemp("run")
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        status = local_runner.main(
+            [
+                "--source",
+                str(cifar_subset),
+                "--output-dir",
+                str(output),
+                "--base-weights",
+                "none",
+                "--fine-tune-epochs",
+                "1",
+                "--min-accuracy",
+                "0",
+                *QUICK_TRAINING,
+            ]
+        )
+    assert status == 0, buffer.getvalue()
+    return output, buffer.getvalue()

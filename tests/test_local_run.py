@@ -7,43 +7,13 @@ import pathlib
 
 import pytest
 import tensorflow as tf
-from conftest import LABEL_NAMES, serialized_example
+from conftest import LABEL_NAMES, QUICK_TRAINING, serialized_example
 
 import local_runner
 from pipeline import config as cfg
 from pipeline import pipeline, run_summary
 
 pytestmark = pytest.mark.slow
-
-QUICK_TRAINING = ["--steps-per-epoch", "3", "--eval-steps", "1", "--batch-size", "32"]
-
-
-@pytest.fixture(scope="module")
-def first_run(cifar_subset, tmp_path_factory):
-    """One cold run from random initialisation; returns (output folder, stdout)."""
-    output = tmp_path_factory.mktemp("run")
-    import io
-    from contextlib import redirect_stdout
-
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        status = local_runner.main(
-            [
-                "--source",
-                str(cifar_subset),
-                "--output-dir",
-                str(output),
-                "--base-weights",
-                "none",
-                "--fine-tune-epochs",
-                "1",
-                "--min-accuracy",
-                "0",
-                *QUICK_TRAINING,
-            ]
-        )
-    assert status == 0, buffer.getvalue()
-    return output, buffer.getvalue()
 
 
 def pushed_versions(output: pathlib.Path) -> list[pathlib.Path]:

@@ -1,0 +1,1 @@
+"""Command-line tools around the pipeline: ML Metadata inspection and TF Serving clients."""
