@@ -35,13 +35,14 @@ setup(
     description="TFX pipeline from CIFAR-10 images to a ResNet50 served by TensorFlow Serving",
     python_requires=">=3.10,<3.12",
     packages=["pipeline", "components", "tools"],
-    py_modules=["local_runner"],
+    py_modules=["local_runner", "kubeflow_runner"],
     package_data={"": ["*.pbtxt"]},
     install_requires=INSTALL_REQUIRES,
     entry_points={
         "console_scripts": [
             "cifar10-prepare-data=components.data_preparation:main",
             "cifar10-local-run=local_runner:main",
+            "cifar10-kubeflow-compile=kubeflow_runner:main",
         ]
     },
 )
