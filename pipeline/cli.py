@@ -83,6 +83,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Validation steps per epoch. Default: one full pass over `eval`.",
     )
+    training.add_argument(
+        "--distribution-strategy",
+        choices=cfg.STRATEGIES,
+        default=defaults.distribution_strategy,
+        help="tf.distribute strategy of the Trainer; multi_worker_mirrored reads the cluster "
+        "from TF_CONFIG (default: %(default)s).",
+    )
     training.add_argument("--seed", type=int, default=defaults.seed, help="Random seed.")
 
 
@@ -141,6 +148,7 @@ def training_config(args: argparse.Namespace, base_weights: str) -> cfg.Training
         steps_per_epoch=args.steps_per_epoch,
         eval_steps=args.eval_steps,
         seed=args.seed,
+        distribution_strategy=args.distribution_strategy,
     )
     training.validate()
     return training

@@ -31,6 +31,12 @@ BASE_WEIGHTS_BLESSED = "blessed"
 BASE_WEIGHTS_NONE = "none"
 BASE_WEIGHTS_KEYWORDS = (BASE_WEIGHTS_IMAGENET, BASE_WEIGHTS_BLESSED, BASE_WEIGHTS_NONE)
 
+# Values of `TrainingConfig.distribution_strategy`.
+STRATEGY_DEFAULT = "default"
+STRATEGY_MIRRORED = "mirrored"
+STRATEGY_MULTI_WORKER = "multi_worker_mirrored"
+STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER)
+
 # ResNet50 downsamples by 32, so keras.applications rejects smaller inputs.
 MIN_IMAGE_SIZE = 32
 
@@ -90,6 +96,10 @@ class TrainingConfig:
     # Examples held in the shuffle buffer while reading training data.
     shuffle_buffer: int = 10_000
     seed: int = 42
+    # tf.distribute strategy: "default" (one device), "mirrored" (all local
+    # devices) or "multi_worker_mirrored" (the cluster in TF_CONFIG). The batch
+    # size above is global, split across replicas.
+    distribution_strategy: str = STRATEGY_DEFAULT
 
     def validate(self) -> None:
         """Raise ConfigError for a value the Trainer could not use."""
@@ -117,6 +127,11 @@ class TrainingConfig:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1).")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1).")
+        if self.distribution_strategy not in STRATEGIES:
+            raise ConfigError(
+                f"distribution_strategy={self.distribution_strategy!r} is not one of "
+                f"{', '.join(STRATEGIES)}."
+            )
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} must not be negative.")
         if self.base_weights not in BASE_WEIGHTS_KEYWORDS and not os.path.isfile(self.base_weights):
