@@ -10,6 +10,9 @@ Signatures:
   [batch, classes]), `class_id` (int64 [batch]) and `class_name` (string [batch]).
 - serving_examples: `examples` (serialized tf.Example [batch] with image_raw)
   to the same outputs. TFMA's Evaluator calls this one.
+
+`assets.extra/tf_serving_warmup_requests` contains Predict requests on real
+images, which TF Serving replays when it loads the model (write_warmup_requests).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from components import transform
 
@@ -37,6 +41,14 @@ EXAMPLES_SIGNATURE = "serving_examples"
 IMAGE_BYTES_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
 OUTPUT_KEYS = ("probabilities", "class_id", "class_name")
+
+# TF Serving reads warmup requests from this file of the version folder, a
+# TFRecord file of PredictionLog protos. It fails the model load when there are
+# more than 1000 records or when any request fails (saved_model_warmup_util.cc).
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+# Images in the batched warmup request. The other request has a single image.
+WARMUP_BATCH_SIZE = 4
 
 
 class ServingModule(tf.Module):
@@ -161,3 +173,81 @@ def verify_signatures(
         name: {key: value.numpy().tolist() for key, value in result.items()}
         for name, result in outputs.items()
     }
+
+
+def image_bytes_from_examples(serialized_examples: list[bytes]) -> list[bytes]:
+    """Return the encoded image (`image_raw`) of each serialized tf.Example, in order."""
+    feature_spec = {transform.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    return [
+        tf.io.parse_single_example(example, feature_spec)[transform.IMAGE_KEY].numpy()
+        for example in serialized_examples
+    ]
+
+
+def build_warmup_requests(
+    image_bytes: list[bytes], model_name: str | None = None
+) -> list[predict_pb2.PredictRequest]:
+    """Build a Predict request on the first image and one on the first WARMUP_BATCH_SIZE.
+
+    A single image yields only the first request.
+    """
+    batches = [image_bytes[:1]]
+    if len(image_bytes) > 1:
+        batches.append(image_bytes[:WARMUP_BATCH_SIZE])
+    requests = []
+    for batch in batches:
+        request = predict_pb2.PredictRequest()
+        if model_name:
+            request.model_spec.name = model_name
+        request.model_spec.signature_name = SERVING_SIGNATURE
+        request.inputs[IMAGE_BYTES_INPUT].CopyFrom(
+            tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)])
+        )
+        requests.append(request)
+    return requests
+
+
+def write_warmup_requests(
+    export_dir: str, image_bytes: list[bytes], model_name: str | None = None
+) -> str:
+    """Write warmup requests on these images into the export and return the file's path.
+
+    The file is written under a temporary name and renamed, so TF Serving never
+    reads half a file. Raises ValueError when there is no image or an image
+    does not decode, because one failing warmup request makes TF Serving reject
+    the model version. TF Serving runs warmup requests on the SavedModel it is
+    loading and ignores model_spec.name, so model_name is informational.
+    """
+    if not image_bytes:
+        raise ValueError("Warmup requests need at least one image, got none.")
+    for index, encoded in enumerate(image_bytes[:WARMUP_BATCH_SIZE]):
+        try:
+            tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(
+                f"Warmup image {index} ({len(encoded)} bytes) is not a JPEG, PNG, GIF or BMP "
+                f"image: {error.message}"
+            ) from error
+    requests = build_warmup_requests(image_bytes, model_name)
+
+    warmup_dir = os.path.join(export_dir, WARMUP_DIR)
+    os.makedirs(warmup_dir, exist_ok=True)
+    path = os.path.join(warmup_dir, WARMUP_FILE)
+    # A fixed staging name rather than tempfile.mkstemp, whose mode 0600 would
+    # hide the file from a server that runs as another user.
+    staging = os.path.join(warmup_dir, f".{WARMUP_FILE}.tmp")
+    try:
+        with tf.io.TFRecordWriter(staging) as writer:
+            for request in requests:
+                log = prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request)
+                )
+                writer.write(log.SerializeToString())
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+    batch_sizes = [len(request.inputs[IMAGE_BYTES_INPUT].string_val) for request in requests]
+    logger.info("Wrote warmup requests of %s images to %s", batch_sizes, path)
+    return path

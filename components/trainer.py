@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -22,11 +24,14 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from components import exporter, model, transform
+from components import distributed_loop, exporter, model, transform
 from pipeline.config import (
     BASE_WEIGHTS_BLESSED,
     BASE_WEIGHTS_IMAGENET,
     BASE_WEIGHTS_NONE,
+    STRATEGY_DEFAULT,
+    STRATEGY_MIRRORED,
+    STRATEGY_MULTI_WORKER,
     TrainingConfig,
 )
 
@@ -43,6 +48,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     label_names = tuple(custom_config["label_names"])
     keras.utils.set_random_seed(config.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    strategy = make_strategy(config.distribution_strategy)
+    chief = is_chief(strategy)
 
     # Data: raw examples, transformed on the fly by the Transform graph.
     train_count = count_examples(fn_args.train_files)
@@ -58,9 +65,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         fn_args.eval_files, fn_args.data_accessor, tft_output, config, num_classes, training=False
     )
 
-    # Model and base weights.
-    classifier, base = model.build_model(num_classes, config.image_size, config.dropout)
-    pretrained = load_base_weights(classifier, base, config, fn_args.base_model)
+    # Model and base weights, created under the strategy so variables are replicated.
+    with strategy.scope():
+        classifier, base = model.build_model(num_classes, config.image_size, config.dropout)
+        pretrained = load_base_weights(classifier, base, config, fn_args.base_model)
 
     # Training phases.
     phases = []
@@ -95,12 +103,33 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             eval_dataset,
             config,
             fn_args.model_run_dir,
+            strategy,
+            chief,
         )
+
+    # Every worker of a multi-worker strategy takes part in saving, but only
+    # the chief's export is kept.
+    if not chief:
+        scratch = tempfile.mkdtemp(prefix="worker-export-")
+        try:
+            exporter.export_serving_model(classifier, base, tft_output, label_names, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        logger.info("Worker finished; the chief writes the model and its history.")
+        return
     write_json(os.path.join(fn_args.model_run_dir, HISTORY_FILE), history)
 
     # Export, then prove every signature answers on a real example.
     exporter.export_serving_model(
         classifier, base, tft_output, label_names, fn_args.serving_model_dir
+    )
+    # TF Serving replays these requests, on the first images of `eval`, at load time.
+    warmup_records = _record_dataset(_expand_files(fn_args.eval_files)).take(
+        exporter.WARMUP_BATCH_SIZE
+    )
+    exporter.write_warmup_requests(
+        fn_args.serving_model_dir,
+        exporter.image_bytes_from_examples([record.numpy() for record in warmup_records]),
     )
     example = first_serialized_example(fn_args.eval_files)
     outputs = exporter.verify_signatures(fn_args.serving_model_dir, example, num_classes)
@@ -150,8 +179,13 @@ def train_phase(
     eval_dataset: tf.data.Dataset,
     config: TrainingConfig,
     model_run_dir: str,
+    strategy: tf.distribute.Strategy,
+    chief: bool = True,
 ) -> dict[str, list[float]]:
-    """Compile and fit one phase; return its per-epoch metrics."""
+    """Compile and fit one phase; return its per-epoch metrics.
+
+    Only the chief writes TensorBoard logs and checkpoints.
+    """
     total_steps = max(1, epochs * train_steps)
     warmup_steps = min(total_steps - 1, int(config.warmup_epochs * train_steps))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -160,25 +194,21 @@ def train_phase(
         warmup_target=peak_rate if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=schedule),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    with strategy.scope():
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=schedule),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
     epoch_logger = EpochLogger(name, config.batch_size, train_steps)
-    callbacks = [
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
         ),
-        keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "logs", name)),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_run_dir, "checkpoints", name + "-epoch{epoch:03d}.weights.h5"),
-            save_weights_only=True,
-        ),
-        # Restores the last finished epoch if this execution is restarted.
-        keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", name)),
         epoch_logger,
     ]
+    if chief:
+        callbacks += chief_callbacks(name, model_run_dir)
     logger.info(
         "Phase %s: %d epochs of %d steps, batch %d, peak learning rate %g.",
         name,
@@ -187,18 +217,78 @@ def train_phase(
         config.batch_size,
         peak_rate,
     )
-    result = classifier.fit(
-        train_dataset,
-        epochs=epochs,
-        steps_per_epoch=train_steps,
-        validation_data=eval_dataset,
-        validation_steps=eval_steps,
-        callbacks=callbacks,
-        verbose=0,
-    )
-    history = {key: [float(value) for value in values] for key, values in result.history.items()}
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras' fit() fails under this strategy (see distributed_loop.py); the
+        # loop there logs epochs but writes no TensorBoard logs or checkpoints.
+        history = distributed_loop.fit_multi_worker(
+            classifier,
+            strategy,
+            train_dataset,
+            eval_dataset,
+            epochs,
+            train_steps,
+            eval_steps,
+            config.batch_size,
+            config.early_stopping_patience,
+            [epoch_logger],
+        )
+    else:
+        result = classifier.fit(
+            train_dataset,
+            epochs=epochs,
+            steps_per_epoch=train_steps,
+            validation_data=eval_dataset,
+            validation_steps=eval_steps,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        history = {key: [float(v) for v in values] for key, values in result.history.items()}
     history["images_per_second"] = epoch_logger.images_per_second
     return history
+
+
+def chief_callbacks(phase: str, model_run_dir: str) -> list[keras.callbacks.Callback]:
+    """TensorBoard logs, a checkpoint per epoch, and a backup to resume an interrupted phase."""
+    return [
+        keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "logs", phase)),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(model_run_dir, "checkpoints", phase + "-epoch{epoch:03d}.weights.h5"),
+            save_weights_only=True,
+        ),
+        # Restores the last finished epoch if this execution is restarted.
+        keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", phase)),
+    ]
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """Return the tf.distribute strategy named in TrainingConfig.distribution_strategy.
+
+    "multi_worker_mirrored" reads the cluster from the TF_CONFIG environment
+    variable, as every worker process of the job must.
+    """
+    if name == STRATEGY_DEFAULT:
+        return tf.distribute.get_strategy()
+    if name == STRATEGY_MIRRORED:
+        return tf.distribute.MirroredStrategy()
+    if name == STRATEGY_MULTI_WORKER:
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "distribution_strategy='multi_worker_mirrored' needs TF_CONFIG describing the "
+                "cluster and this worker's task; set it or use 'default'."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown distribution_strategy {name!r}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Return whether this process writes outputs: the chief, or worker 0 without a chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -282,6 +372,11 @@ def make_dataset(
         return transformed[transform.TRANSFORMED_IMAGE_KEY], labels
 
     dataset = dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker takes every n-th batch, which
+    # works with any number of input files.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.with_options(options)
     if training and config.augment:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -177,3 +177,30 @@ def first_run(cifar_subset, tmp_path_factory):
         )
     assert status == 0, buffer.getvalue()
     return output, buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained(transform_output, real_images):
+    """A classifier fitted for two steps, so the optimizer has state to leave out."""
+    import keras
+
+    from components import model
+
+    keras.utils.set_random_seed(3)
+    classifier, base = model.build_model(len(LABEL_NAMES), 32, dropout=0.2)
+    classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+    classifier.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
+    return classifier, base
+
+
+@pytest.fixture(scope="session")
+def export_dir(trained, transform_output, tmp_path_factory) -> str:
+    """The `trained` classifier exported as the Trainer does."""
+    from components import exporter
+
+    classifier, base = trained
+    path = str(tmp_path_factory.mktemp("export") / "Format-Serving")
+    os.makedirs(path)  # TFX creates the folder before the Trainer runs.
+    exporter.export_serving_model(classifier, base, transform_output, LABEL_NAMES, path)
+    return path

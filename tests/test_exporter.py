@@ -9,28 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LABEL_NAMES, jpeg_bytes, serialized_example
+from tensorflow_serving.apis import prediction_log_pb2
 
 from components import exporter, model
-
-
-@pytest.fixture(scope="module")
-def trained(transform_output, real_images):
-    """A classifier fitted for two steps, so the optimizer has state to leave out."""
-    keras.utils.set_random_seed(3)
-    classifier, base = model.build_model(len(LABEL_NAMES), 32, dropout=0.2)
-    classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
-    classifier.fit(images, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)
-    return classifier, base
-
-
-@pytest.fixture(scope="module")
-def export_dir(trained, transform_output, tmp_path_factory) -> str:
-    classifier, base = trained
-    path = str(tmp_path_factory.mktemp("export") / "Format-Serving")
-    os.makedirs(path)  # TFX creates the folder before the Trainer runs.
-    exporter.export_serving_model(classifier, base, transform_output, LABEL_NAMES, path)
-    return path
 
 
 def test_signatures_verified_on_real_example(export_dir, real_images):
@@ -121,3 +102,78 @@ def test_warm_start_with_other_image_size_rejected(export_dir):
     other = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(32, 32, 3))
     with pytest.raises(model.BaseWeightsError, match="architectures differ"):
         model.load_blessed_weights(fresh, other, export_dir)
+
+
+@pytest.fixture(scope="module")
+def warmup_file(export_dir, real_images) -> str:
+    images = [image for image, _ in real_images[: exporter.WARMUP_BATCH_SIZE]]
+    return exporter.write_warmup_requests(export_dir, images, model_name="cifar10")
+
+
+def read_warmup_logs(path: str) -> list[prediction_log_pb2.PredictionLog]:
+    logs = []
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    return logs
+
+
+def test_warmup_file_where_tf_serving_reads_it(warmup_file, export_dir):
+    expected = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+
+    assert warmup_file == expected
+    assert os.path.isfile(expected)
+    assert os.listdir(os.path.dirname(expected)) == ["tf_serving_warmup_requests"]
+
+
+def test_warmup_file_holds_predict_logs(warmup_file, real_images):
+    logs = read_warmup_logs(warmup_file)
+
+    assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log"]
+    requests = [log.predict_log.request for log in logs]
+    for request in requests:
+        assert request.model_spec.name == "cifar10"
+        assert request.model_spec.signature_name == "serving_default"
+        assert list(request.inputs) == ["image_bytes"]
+        assert request.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    batches = [list(tf.make_ndarray(request.inputs["image_bytes"])) for request in requests]
+    images = [image for image, _ in real_images[: exporter.WARMUP_BATCH_SIZE]]
+    assert batches == [images[:1], images]
+
+
+def test_warmup_requests_return_probabilities(warmup_file, export_dir):
+    serve = tf.saved_model.load(export_dir).signatures[exporter.SERVING_SIGNATURE]
+
+    for log in read_warmup_logs(warmup_file):
+        inputs = {
+            name: tf.constant(tf.make_ndarray(tensor))
+            for name, tensor in log.predict_log.request.inputs.items()
+        }
+        probabilities = serve(**inputs)["probabilities"].numpy()
+
+        assert probabilities.shape == (len(inputs["image_bytes"]), len(LABEL_NAMES))
+        assert np.all(probabilities >= 0)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_warmup_single_image_gives_one_request(tmp_path, real_images):
+    path = exporter.write_warmup_requests(str(tmp_path), [real_images[0][0]])
+
+    [log] = read_warmup_logs(path)
+    assert not log.predict_log.request.model_spec.name
+    assert len(log.predict_log.request.inputs["image_bytes"].string_val) == 1
+
+
+def test_warmup_rejects_undecodable_image(tmp_path, real_images):
+    images = [real_images[0][0], b"not an image"]
+
+    with pytest.raises(ValueError, match="Warmup image 1 .* is not a JPEG"):
+        exporter.write_warmup_requests(str(tmp_path), images)
+
+    assert not (tmp_path / "assets.extra" / "tf_serving_warmup_requests").exists()
+
+
+def test_warmup_rejects_empty_image_list(tmp_path):
+    with pytest.raises(ValueError, match="at least one image"):
+        exporter.write_warmup_requests(str(tmp_path), [])
