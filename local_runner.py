@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as error:
-        logger.error("Cannot create the output folder %s: %s", output_dir, error)
+        logger.error(
+            "Cannot create the output folder %s: %s. Pass an --output-dir that is a folder "
+            "or does not exist yet.",
+            output_dir,
+            error,
+        )
         return 2
     if not os.access(output_dir, os.W_OK):
         logger.error("The output folder %s is not writable; pass another --output-dir.", output_dir)
@@ -164,10 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         # Every flag is checked before anything touches the network or disk.
+        cfg.validate_model_name(args.model_name)
         training = cli.training_config(args, args.base_weights)
         evaluation = cli.evaluation_config(args)
         beam_args = cli.beam_pipeline_args(args)
 
+        serving_base = os.path.abspath(args.serving_dir or os.path.join(output_dir, "serving"))
+        try:
+            os.makedirs(serving_base, exist_ok=True)
+        except OSError as error:
+            raise cfg.ConfigError(
+                f"Cannot create the serving folder {serving_base}: {error}. "
+                "Pass another --serving-dir."
+            ) from error
+
+        if training.base_weights not in cfg.BASE_WEIGHTS_KEYWORDS:
+            logger.info("Checking the weights file %s.", training.base_weights)
+            model.check_weights_file(training.base_weights, training.image_size)
         if training.base_weights == cfg.BASE_WEIGHTS_IMAGENET:
             # Fetch before any component runs, so a machine without internet
             # fails in seconds rather than after Transform. The Trainer then
@@ -199,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_config = cfg.PipelineConfig(
             data_root=str(prepared.root),
             pipeline_root=os.path.join(output_dir, "pipeline"),
-            serving_base=os.path.abspath(args.serving_dir or os.path.join(output_dir, "serving")),
+            serving_base=serving_base,
             metadata_path=metadata_path,
             label_names=prepared.label_names,
             model_name=args.model_name,

@@ -1185,9 +1185,9 @@ def _load_image_layout(tree: _SourceTree, listing: _ImageListing) -> _SourceData
 
 
 def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list[bool]:
-    """Verify each image with PIL and return, per image, whether it needs conversion to PNG."""
-    # NOTE: PIL's verify() only parses the headers of a JPEG file, so corrupt JPEG pixel data
-    # passes. Decoding every image would be the only full check.
+    """Decode each image with PIL and return, per image, whether it needs conversion to PNG."""
+    # Every image is decoded in full: PIL's verify() reads only a JPEG's headers, so a
+    # truncated file would pass it and then fail inside Transform, far from its path.
     progress = _ProgressLog(f"Verifying {split} images", len(paths))
     needs_png = []
     for path in paths:
@@ -1195,7 +1195,7 @@ def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image_format = image.format
-                image.verify()
+                image.load()
         except Exception as error:  # PIL plugins raise many exception types for broken files.
             if isinstance(error, UnidentifiedImageError):
                 reason = "PIL does not recognize its format"

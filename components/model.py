@@ -94,12 +94,22 @@ def load_weights_file(base: keras.Model, path: str) -> None:
     try:
         base.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
+        # Keras' message can list every layer of the file; its start says enough.
+        reason = str(error)
+        if len(reason) > 300:
+            reason = reason[:300] + " ..."
         raise BaseWeightsError(
             f"Base weights file {path!r} does not fit ResNet50 without its top "
-            f"(include_top=False): {error}. Pass weights saved from "
+            f"(include_top=False): {reason}. Pass weights saved from "
             "keras.applications.ResNet50(include_top=False), e.g. with "
             "base.save_weights('resnet50.weights.h5')."
         ) from error
+
+
+def check_weights_file(path: str, image_size: int) -> None:
+    """Load a weights file into a throwaway ResNet50, so a wrong file fails before any run."""
+    _, base = build_model(num_classes=2, image_size=image_size, dropout=0.0)
+    load_weights_file(base, path)
 
 
 def load_blessed_weights(model: keras.Model, base: keras.Model, serving_model_dir: str) -> str:

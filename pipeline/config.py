@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 PIPELINE_NAME = "cifar10-resnet50"
@@ -49,6 +50,15 @@ TRAINER_MODULE_FILE = os.path.join(COMPONENTS_DIR, "trainer.py")
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names it and the fix."""
+
+
+def validate_model_name(name: str) -> None:
+    """Raise ConfigError unless `name` is a plain folder name under the serving base."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(
+            f"model_name={name!r} is not a plain folder name; use letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit (e.g. --model-name cifar10)."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +220,4 @@ class PipelineConfig:
                 f"label_names={list(self.label_names)} has fewer than 2 classes; "
                 "check the data folder's label_names.txt."
             )
-        if not self.model_name or "/" in self.model_name:
-            raise ConfigError(
-                f"model_name={self.model_name!r} must be a non-empty folder name without '/'."
-            )
+        validate_model_name(self.model_name)

@@ -668,6 +668,21 @@ def test_unreadable_image_rejected(tmp_path):
     assert os.listdir(tmp_path / "data") == []
 
 
+def test_truncated_jpeg_rejected_by_path(tmp_path, cifar_jpeg_files):
+    # The headers are intact, so only a full decode notices the missing data.
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    real_jpeg = next(data for name, data in cifar_jpeg_files.items() if name.endswith(".jpg"))
+    files["train/a/cut.jpg"] = real_jpeg[:-60]
+    folder = write_folder(tmp_path / "images", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    assert str(folder / "train" / "a" / "cut.jpg") in str(error.value)
+    assert "truncated" in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
 def test_symlink_inside_tar_read_as_target(tmp_path):
     files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
     archive = tmp_path / "linked.tar"

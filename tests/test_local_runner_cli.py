@@ -57,6 +57,7 @@ def test_unreachable_imagenet_mirror_fails_before_pipeline(tmp_path, capsys):
         (["--min-accuracy", "1.5"], "min_accuracy=1.5 is outside 0..1"),
         (["--image-size", "16"], "image_size=16 is below 32"),
         (["--base-weights", "imagenett"], "base_weights='imagenett'"),
+        (["--model-name", ".."], "model_name='..' is not a plain folder name"),
     ],
 )
 def test_invalid_flag_exits_2_with_message(arguments, expected, tmp_path, capsys):
@@ -95,3 +96,50 @@ def test_bad_source_exits_2_naming_it(tmp_path, capsys):
     assert status == 2
     assert str(source) in output
     assert not (tmp_path / "out" / "metadata.sqlite").exists()
+
+
+def test_serving_dir_that_is_a_file_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "serving-file"
+    blocker.write_text("not a folder")
+
+    status, output = run(
+        [
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--source",
+            str(tmp_path),
+            "--base-weights",
+            "none",
+            "--serving-dir",
+            str(blocker),
+        ],
+        capsys,
+    )
+
+    assert status == 2
+    assert "--serving-dir" in output
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_weights_file_of_other_model_fails_before_data(tmp_path, capsys):
+    import keras
+
+    weights = tmp_path / "dense.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save_weights(str(weights))
+
+    status, output = run(
+        [
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--source",
+            str(tmp_path),
+            "--base-weights",
+            str(weights),
+        ],
+        capsys,
+    )
+
+    assert status == 2
+    assert "does not fit ResNet50" in output
+    assert len(output) < 2000
+    assert not (tmp_path / "out" / "data").exists()
