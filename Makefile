@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# The JPEG copy of CIFAR-10 that run-offline reads.
+CIFAR10_IMAGES ?= $(or $(CIFAR10_IMAGES_ARCHIVE),../shared/datasets/cifar10-images.tar.gz)
 
 .PHONY: venv run run-offline test lint format
 
@@ -24,8 +26,7 @@ run: venv
 
 # For machines without internet: the JPEG copy of CIFAR-10 and random initialisation.
 run-offline: venv
-	$(BIN)/python local_runner.py --source ../shared/datasets/cifar10-images.tar.gz \
-		--base-weights none $(ARGS)
+	$(BIN)/python local_runner.py --source $(CIFAR10_IMAGES) --base-weights none $(ARGS)
 
 test: venv lint
 	$(BIN)/python -m pytest $(ARGS)

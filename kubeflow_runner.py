@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "holds it (default: schemas/).",
     )
     kubeflow.add_argument(
-        "--model-name", default="cifar10", help="Model name under the serving base folder."
+        "--model-name",
+        default="cifar10",
+        help="Model name: the folder under the serving base (default: %(default)s).",
     )
     kubeflow.add_argument(
         "--output",

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: <output-dir>/serving).",
     )
     output.add_argument(
-        "--model-name", default="cifar10", help="Model name under the serving base folder."
+        "--model-name",
+        default="cifar10",
+        help="Model name: the folder under the serving base (default: %(default)s).",
     )
     output.add_argument(
         "--no-cache", action="store_true", help="Run every component even if TFX has its result."

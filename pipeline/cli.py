@@ -90,7 +90,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="tf.distribute strategy of the Trainer; multi_worker_mirrored reads the cluster "
         "from TF_CONFIG (default: %(default)s).",
     )
-    training.add_argument("--seed", type=int, default=defaults.seed, help="Random seed.")
+    training.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="Random seed of data splits, shuffling and initialisation (default: %(default)s).",
+    )
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
