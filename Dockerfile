@@ -17,3 +17,9 @@ COPY local_runner.py kubeflow_runner.py ./
 
 # The base image already holds the dependencies; --no-deps keeps its versions.
 RUN pip install --no-cache-dir --no-deps -e .
+# matplotlib draws the RunReport component's figures: the pins of
+# requirements.txt for it and its dependencies beyond those of TFX.
+# NOTE: not built here (no Docker engine); unchecked whether the TFX image
+# already has other versions of these packages.
+RUN pip install --no-cache-dir --no-deps matplotlib==3.9.2 contourpy==1.3.0 cycler==0.12.1 \
+    fonttools==4.54.1 kiwisolver==1.4.7

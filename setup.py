@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "apache-beam==2.59.0",
     "tensorflow-serving-api==2.16.1",
     "kfp==2.13.0",
+    "matplotlib==3.9.2",
     "numpy==1.26.4",
     "pillow==10.4.0",
     "protobuf==4.25.9",
@@ -43,6 +44,9 @@ setup(
             "cifar10-prepare-data=components.data_preparation:main",
             "cifar10-local-run=local_runner:main",
             "cifar10-kubeflow-compile=kubeflow_runner:main",
+            "cifar10-inspect-metadata=tools.inspect_metadata:main",
+            "cifar10-serving-client=tools.serving_client:main",
+            "cifar10-make-report=tools.make_report:main",
         ]
     },
 )

@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components.anomaly_gate import AnomalyGate
+from components.report import RunReport
 from pipeline import config as cfg
 
 SCHEMA_FILE = "schema.pbtxt"
@@ -186,6 +187,18 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
         ),
     )
 
+    # A page per run to judge the model in a minute, built from the artifacts above.
+    run_report = RunReport(
+        examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"],
+        model=trainer.outputs["model"],
+        model_run=trainer.outputs["model_run"],
+        evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"],
+        pushed_model=pusher.outputs["pushed_model"],
+        label_names=list(config.label_names),
+    )
+
     metadata_config = None
     if config.metadata_path:
         metadata_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -205,6 +218,7 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
             trainer,
             evaluator,
             pusher,
+            run_report,
         ],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_config,

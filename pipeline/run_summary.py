@@ -17,6 +17,12 @@ from ml_metadata.proto import metadata_store_pb2
 
 ACCURACY_METRIC = "sparse_categorical_accuracy"
 
+# The RunReport component (components/report.py): its node id, its output
+# artifact's type and the custom property that names the HTML file in it.
+REPORT_NODE_ID = "RunReport"
+REPORT_TYPE_NAME = "cifar10_tfx.RunReport"
+REPORT_HTML_PROPERTY = "html_file"
+
 _STATE_NAMES = {
     metadata_store_pb2.Execution.NEW: "new",
     metadata_store_pb2.Execution.RUNNING: "running",
@@ -50,6 +56,8 @@ class RunSummary:
     model_uri: str | None = None
     # Trainer's ModelRun artifact: TensorBoard logs, checkpoints, history.json.
     model_run_uri: str | None = None
+    # The HTML page of the RunReport component's artifact.
+    report_path: str | None = None
 
 
 def open_store(metadata_path: str) -> mlmd.MetadataStore:
@@ -81,16 +89,15 @@ def _belongs_to(store: mlmd.MetadataStore, run_context, pipeline_name: str) -> b
     return pipeline_name in names
 
 
-def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None = None) -> RunSummary:
-    """Collect the summary of run `run_id` (the newest run when None)."""
-    store = open_store(metadata_path)
-    run_id = run_id or latest_run_id(store, pipeline_name)
+def run_executions(
+    store: mlmd.MetadataStore, pipeline_name: str, run_id: str
+) -> list[tuple[str, metadata_store_pb2.Execution]]:
+    """Return (node id, execution) for every execution of run `run_id`, oldest first."""
     run_context = store.get_context_by_type_and_name("pipeline_run", run_id)
     if run_context is None:
         raise LookupError(f"The metadata store has no pipeline run {run_id!r}.")
-    summary = RunSummary(run_id=run_id, metadata_path=metadata_path, components=[])
-
     node_prefix = pipeline_name + "."
+    result = []
     for execution in sorted(
         store.get_executions_by_context(run_context.id), key=lambda item: item.id
     ):
@@ -102,14 +109,26 @@ def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None = N
             ),
             execution.type,
         )
+        result.append((node_id, execution))
+    return result
+
+
+def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None = None) -> RunSummary:
+    """Collect the summary of run `run_id` (the newest run when None)."""
+    store = open_store(metadata_path)
+    run_id = run_id or latest_run_id(store, pipeline_name)
+    executions = run_executions(store, pipeline_name, run_id)
+    summary = RunSummary(run_id=run_id, metadata_path=metadata_path, components=[])
+
+    for node_id, execution in executions:
         seconds = (
             execution.last_update_time_since_epoch - execution.create_time_since_epoch
         ) / 1000
         state = _STATE_NAMES.get(execution.last_known_state, "unknown")
         summary.components.append(ComponentRun(node_id, state, seconds))
-        outputs = _output_artifacts(store, execution.id)
+        outputs = output_artifacts(store, execution.id)
         if node_id == "Evaluator":
-            _read_evaluation(summary, outputs)
+            read_evaluation(summary, outputs)
         elif node_id == "Pusher":
             for artifact in outputs.get("PushedModel", []):
                 if _int_property(artifact, "pushed") == 1:
@@ -121,10 +140,16 @@ def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None = N
             summary.model_uri = models[0].uri if models else None
             model_runs = outputs.get("ModelRun", [])
             summary.model_run_uri = model_runs[0].uri if model_runs else None
+        elif node_id == REPORT_NODE_ID:
+            for report in outputs.get(REPORT_TYPE_NAME, []):
+                if REPORT_HTML_PROPERTY in report.custom_properties:
+                    summary.report_path = os.path.join(
+                        report.uri, report.custom_properties[REPORT_HTML_PROPERTY].string_value
+                    )
     return summary
 
 
-def _output_artifacts(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list]:
+def output_artifacts(store: mlmd.MetadataStore, execution_id: int) -> dict[str, list]:
     events = store.get_events_by_execution_ids([execution_id])
     output_types = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
     artifact_ids = [event.artifact_id for event in events if event.type in output_types]
@@ -143,7 +168,8 @@ def _int_property(artifact, name: str) -> int | None:
     return None
 
 
-def _read_evaluation(summary: RunSummary, outputs: dict[str, list]) -> None:
+def read_evaluation(summary: RunSummary, outputs: dict[str, list]) -> None:
+    """Fill the evaluation fields of `summary` from ModelEvaluation and ModelBlessing artifacts."""
     for blessing in outputs.get("ModelBlessing", []):
         summary.blessed = _int_property(blessing, "blessed") == 1
         summary.baseline_compared = "baseline_model_id" in blessing.custom_properties
@@ -156,15 +182,15 @@ def _read_evaluation(summary: RunSummary, outputs: dict[str, list]) -> None:
                 summary.failed_thresholds.append(
                     f"{failure.metric_key.name}"
                     f"{' change' if failure.metric_key.is_diff else ''} = "
-                    f"{_metric_value(failure.metric_value):.4f} failed "
-                    f"{_threshold_text(failure.metric_threshold)}"
+                    f"{metric_value(failure.metric_value):.4f} failed "
+                    f"{threshold_text(failure.metric_threshold)}"
                 )
 
 
 def _read_slice_metrics(summary: RunSummary, metrics) -> None:
     slice_keys = list(metrics.slice_key.single_slice_keys)
     for entry in metrics.metric_keys_and_values:
-        key, value = entry.key, _metric_value(entry.value)
+        key, value = entry.key, metric_value(entry.value)
         is_baseline = key.model_name == "baseline"
         if key.is_diff:
             continue
@@ -181,13 +207,15 @@ def _read_slice_metrics(summary: RunSummary, metrics) -> None:
             summary.per_class_accuracy[int(slice_keys[0].int64_value)] = value
 
 
-def _metric_value(value) -> float:
+def metric_value(value) -> float:
+    """Return a TFMA MetricValue's double, or nan for other kinds of value."""
     if value.HasField("double_value"):
         return value.double_value.value
     return float("nan")
 
 
-def _threshold_text(threshold) -> str:
+def threshold_text(threshold) -> str:
+    """Describe a TFMA MetricThreshold: its value bounds, or else its change threshold."""
     if threshold.HasField("value_threshold"):
         bound = threshold.value_threshold
         parts = []
@@ -231,5 +259,6 @@ def format_summary(summary: RunSummary, label_names: tuple[str, ...] = ()) -> st
     for failure in summary.failed_thresholds:
         lines.append(f"  Not blessed because {failure}")
     lines.append(f"Pushed to: {summary.pushed_path or 'nothing pushed'}")
+    lines.append(f"Report: {summary.report_path or 'not written in this run'}")
     lines.append(f"ML Metadata: {summary.metadata_path}")
     return "\n".join(lines)

@@ -81,12 +81,16 @@ def test_pipeline_wires_every_component_in_order(tmp_path):
             "Trainer",
             "Evaluator",
             "Pusher",
+            "RunReport",
         ]
     )
-    # Components come topologically sorted: validation gates Transform, and
-    # the Evaluator's blessing gates the Pusher.
+    # Components come topologically sorted: validation gates Transform, the
+    # Evaluator's blessing gates the Pusher, and the report reads the Pusher's output.
     assert ids.index("AnomalyGate") < ids.index("Transform") < ids.index("Trainer")
     assert ids.index("Trainer") < ids.index("Evaluator") < ids.index("Pusher")
+    assert ids.index("Pusher") < ids.index("RunReport")
+    report = component(definition, "RunReport")
+    assert {node.id for node in report.upstream_nodes} >= {"Trainer", "Evaluator", "Pusher"}
     transform = component(definition, "Transform")
     assert "AnomalyGate" in {node.id for node in transform.upstream_nodes}
 

@@ -68,6 +68,7 @@ def test_metadata_records_every_component(first_run):
         "Trainer",
         "Evaluator",
         "Pusher",
+        "RunReport",
     }
     assert set(states.values()) == {"complete"}
     assert len(summary.per_class_accuracy) == len(LABEL_NAMES)
