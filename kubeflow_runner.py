@@ -28,7 +28,7 @@ from pipeline import config as cfg
 
 logger = logging.getLogger("kubeflow_runner")
 
-# WORKDIR of the Dockerfile, where the image holds this repository.
+# WORKDIR of the Dockerfile: the folder of this repository inside the image.
 DEFAULT_CODE_ROOT = "/pipeline"
 CIFAR10_LABEL_NAMES = (
     "airplane",
