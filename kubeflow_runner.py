@@ -136,7 +136,7 @@ def user_modules_from_image() -> Iterator[None]:
 
     TFX otherwise builds a wheel of components/ at compile time and uploads it
     under the pipeline root, which needs write access to that bucket. The
-    image already holds the code, and this is TFX's own switch for that.
+    image already contains the code, and this is TFX's own switch for that.
     """
     name = "UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES"
     previous = os.environ.get(name)
