@@ -30,18 +30,6 @@ logger = logging.getLogger("kubeflow_runner")
 
 # WORKDIR of the Dockerfile: the folder of this repository inside the image.
 DEFAULT_CODE_ROOT = "/pipeline"
-CIFAR10_LABEL_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kubeflow.add_argument(
         "--label-names",
-        default=",".join(CIFAR10_LABEL_NAMES),
+        default=",".join(cfg.CIFAR10_LABEL_NAMES),
         help="Comma-separated class names in label order, or @FILE for a label_names.txt "
         "(default: the CIFAR-10 classes).",
     )

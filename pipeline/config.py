@@ -20,6 +20,20 @@ PIPELINE_NAME = "cifar10-resnet50"
 IMAGE_KEY = "image_raw"
 LABEL_KEY = "label"
 
+# CIFAR-10's classes in the order of its label ids 0..9.
+CIFAR10_LABEL_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
 # Splits written by data preparation. `test` only feeds the Evaluator: it never
 # takes part in early stopping or model selection.
 TRAIN_SPLIT = "train"
