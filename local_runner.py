@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import logging
 import os
 import re
@@ -23,6 +24,9 @@ from pipeline import cli
 from pipeline import config as cfg
 
 logger = logging.getLogger("local_runner")
+
+# Lock file inside --output-dir. It contains the PID of the run that last took the lock.
+LOCK_FILE_NAME = ".lock"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,18 +145,48 @@ def configure_logging(verbose: bool) -> ComponentProgress:
     return progress
 
 
+class OutputFolderLockError(RuntimeError):
+    """The output folder's lock file is held by another process or cannot be locked."""
+
+
+def lock_output_folder(output_dir: str) -> int:
+    """Lock <output_dir>/.lock exclusively, write this process's PID into it, return its descriptor.
+
+    The lock is an flock(2) lock: closing the descriptor releases it, and so
+    does the end of the process, even by SIGKILL. Raise OutputFolderLockError,
+    naming the holder's PID, if another process has the lock.
+    """
+    path = os.path.join(output_dir, LOCK_FILE_NAME)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputFolderLockError(
+            f"Cannot open the lock file {path}: {error}. Remove it if it is not a file, "
+            "or pass another --output-dir."
+        ) from error
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise OutputFolderLockError(
+            f"Another run (PID {holder}) has locked the output folder {output_dir} "
+            f"(lock file {path}). Wait until that run ends, or pass another --output-dir."
+        ) from None
+    except OSError as error:
+        os.close(descriptor)
+        raise OutputFolderLockError(
+            f"Cannot lock {path}: {error}. Pass an --output-dir on a local file system."
+        ) from error
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
 
-    # Heavy imports after logging is set, so their first lines are filtered too.
-    from absl import logging as absl_logging
-    from tfx import v1 as tfx
-
-    from components import data_preparation, model
-    from pipeline import pipeline, run_summary
-
-    absl_logging.use_python_logging()
     output_dir = os.path.abspath(args.output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -168,9 +202,32 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("The output folder %s is not writable; pass another --output-dir.", output_dir)
         return 2
 
+    # One run at a time per output folder, because two LocalDagRunner runs
+    # would interleave their writes to one SQLite store and one pipeline root.
+    try:
+        lock = lock_output_folder(output_dir)
+    except OutputFolderLockError as error:
+        logger.error("%s", error)
+        return 2
+    try:
+        return run_pipeline(args, output_dir)
+    finally:
+        os.close(lock)  # Releases the lock.
+
+
+def run_pipeline(args: argparse.Namespace, output_dir: str) -> int:
+    """Check the flags, prepare the data and run the pipeline; return the exit status."""
+    # Heavy imports after logging is set, so their first lines are filtered too.
+    from absl import logging as absl_logging
+    from tfx import v1 as tfx
+
+    from components import data_preparation, model
+    from pipeline import baseline, pipeline, run_summary
+
+    absl_logging.use_python_logging()
     started = time.monotonic()
     try:
-        # Every flag is checked before anything touches the network or disk.
+        # Every flag is checked before anything touches the network or writes data.
         cfg.validate_model_name(args.model_name)
         training = cli.training_config(args, args.base_weights)
         evaluation = cli.evaluation_config(args)
@@ -230,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             enable_cache=not args.no_cache,
         )
         definition = pipeline.create_pipeline(pipeline_config)
+        baseline.check_baseline_label_names(
+            metadata_path, pipeline_config.pipeline_name, prepared.label_names
+        )
     except (
         cfg.ConfigError,
         data_preparation.DataPreparationError,

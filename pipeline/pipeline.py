@@ -12,6 +12,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
+from components import pusher as atomic_pusher
 from components.anomaly_gate import AnomalyGate
 from components.report import RunReport
 from pipeline import config as cfg
@@ -176,8 +177,9 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
         eval_config=eval_config(config.evaluation),
     )
 
-    # Copy a blessed model to <serving_base>/<model_name>/<version>/.
-    pusher = tfx.components.Pusher(
+    # Copy a blessed model to <serving_base>/<model_name>/<version>/, unless that
+    # model is already there. Local pushes go through a hidden folder and a rename.
+    pusher = atomic_pusher.AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
@@ -185,7 +187,7 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
                 base_directory=os.path.join(config.serving_base, config.model_name)
             )
         ),
-    )
+    ).with_id("Pusher")
 
     # A page per run to judge the model in a minute, built from the artifacts above.
     run_report = RunReport(

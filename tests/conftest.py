@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import config as cfg
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The JPEG copy of CIFAR-10 kept beside the repository; CIFAR10_IMAGES_ARCHIVE
 # points elsewhere.
@@ -21,18 +23,7 @@ CIFAR10_ARCHIVE = pathlib.Path(
         REPO_ROOT.parent / "shared" / "datasets" / "cifar10-images.tar.gz",
     )
 )
-LABEL_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+LABEL_NAMES = cfg.CIFAR10_LABEL_NAMES
 
 
 def extract_subset(destination: pathlib.Path, train_per_class: int, test_per_class: int) -> None:
@@ -148,6 +139,23 @@ def jpeg_bytes(pixels: np.ndarray) -> bytes:
 QUICK_TRAINING = ["--steps-per-epoch", "3", "--eval-steps", "1", "--batch-size", "32"]
 
 
+def first_run_arguments(source: pathlib.Path, output: pathlib.Path) -> list[str]:
+    """Return the local_runner.py flags of `first_run`: random weights, blessed at any accuracy."""
+    return [
+        "--source",
+        str(source),
+        "--output-dir",
+        str(output),
+        "--base-weights",
+        "none",
+        "--fine-tune-epochs",
+        "1",
+        "--min-accuracy",
+        "0",
+        *QUICK_TRAINING,
+    ]
+
+
 @pytest.fixture(scope="session")
 def first_run(cifar_subset, tmp_path_factory):
     """One cold run of local_runner.py from random initialisation on `cifar_subset`.
@@ -160,21 +168,7 @@ def first_run(cifar_subset, tmp_path_factory):
     output = tmp_path_factory.mktemp("run")
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        status = local_runner.main(
-            [
-                "--source",
-                str(cifar_subset),
-                "--output-dir",
-                str(output),
-                "--base-weights",
-                "none",
-                "--fine-tune-epochs",
-                "1",
-                "--min-accuracy",
-                "0",
-                *QUICK_TRAINING,
-            ]
-        )
+        status = local_runner.main(first_run_arguments(cifar_subset, output))
     assert status == 0, buffer.getvalue()
     return output, buffer.getvalue()
 

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from conftest import LABEL_NAMES
 
+from components import pusher
 from pipeline import config as cfg
 from pipeline import pipeline
 
@@ -104,6 +105,14 @@ def test_blessed_warm_start_feeds_resolver_model_to_trainer(tmp_path):
 
     assert "base_model" in warm_trainer.inputs
     assert "base_model" not in cold_trainer.inputs
+
+
+def test_pusher_runs_atomic_executor(tmp_path):
+    definition = pipeline.create_pipeline(make_config(tmp_path))
+
+    executor_spec = component(definition, "Pusher").executor_spec
+
+    assert executor_spec.executor_class is pusher.Executor
 
 
 def test_schema_label_domain_must_match_label_names(tmp_path):

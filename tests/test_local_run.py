@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 import tensorflow as tf
-from conftest import LABEL_NAMES, QUICK_TRAINING, serialized_example
+from conftest import LABEL_NAMES, QUICK_TRAINING, first_run_arguments, serialized_example
 
 import local_runner
 from pipeline import config as cfg
@@ -108,6 +108,23 @@ def test_rerun_warm_starts_and_unblessed_model_is_not_pushed(first_run, cifar_su
     # The data and its validation did not change, so TFX reused them.
     assert "ImportExampleGen                 cached" in printed
     assert "StatisticsGen                    cached" in printed
+
+
+def test_unchanged_rerun_pushes_no_second_version(first_run, cifar_subset, capsys):
+    output, _ = first_run
+    [before] = pushed_versions(output)
+
+    status = local_runner.main(first_run_arguments(cifar_subset, output))
+    captured = capsys.readouterr()
+
+    assert status == 0
+    # The cached model is blessed again against itself as the baseline.
+    assert "Trainer                          cached" in captured.out
+    assert "Blessed: yes" in captured.out
+    assert "Baseline comparison: against the last blessed model" in captured.out
+    assert f"already pushed as version {before.name}" in captured.err
+    assert "Pushed to: nothing pushed" in captured.out
+    assert pushed_versions(output) == [before]
 
 
 def write_examples(path: pathlib.Path, examples: list[bytes]) -> None:

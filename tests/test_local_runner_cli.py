@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import socket
+import subprocess
+import sys
 
 import pytest
 
 import local_runner
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def run(arguments: list[str], capsys) -> tuple[int, str]:
@@ -143,3 +149,61 @@ def test_weights_file_of_other_model_fails_before_data(tmp_path, capsys):
     assert "does not fit ResNet50" in output
     assert len(output) < 2000
     assert not (tmp_path / "out" / "data").exists()
+
+
+# Runs in a child process: takes the output folder's lock, then waits to be killed.
+HOLD_LOCK = """
+import sys, time
+import local_runner
+local_runner.lock_output_folder(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_locked_output_dir_exits_2_until_holder_dies(tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    arguments = ["--output-dir", str(output), "--source", str(tmp_path / "unused")]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(output)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+
+        status, printed = run([*arguments, "--base-weights", "none"], capsys)
+
+        assert status == 2
+        assert f"PID {holder.pid}" in printed
+        assert f"output folder {output}" in printed
+        assert "--output-dir" in printed
+        assert os.listdir(output) == [".lock"]
+        assert (output / ".lock").read_text() == f"{holder.pid}\n"
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # The kernel released the lock of the SIGKILLed holder, so this run takes
+    # the lock and stops at its invalid flag instead.
+    status, printed = run([*arguments, "--base-weights", "none", "--min-accuracy", "1.5"], capsys)
+
+    assert status == 2
+    assert "min_accuracy=1.5 is outside 0..1" in printed
+    assert "Another run" not in printed
+    assert (output / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_lock_file_that_is_a_folder_exits_2(tmp_path, capsys):
+    (tmp_path / ".lock").mkdir()
+
+    status, output = run(
+        ["--output-dir", str(tmp_path), "--source", str(tmp_path), "--base-weights", "none"],
+        capsys,
+    )
+
+    assert status == 2
+    assert f"Cannot open the lock file {tmp_path / '.lock'}" in output
+    assert not (tmp_path / "serving").exists()
