@@ -46,9 +46,7 @@ import os
 import pathlib
 import posixpath
 import re
-import secrets
 import shutil
-import socket
 import sys
 import tarfile
 import time
@@ -61,6 +59,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from components import staging
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,6 @@ _SOURCE_HINT = (
     "pass --source PATH (the `source` argument of prepare_dataset) with a local copy of the "
     f"archive ({_OFFICIAL_ARCHIVE_NAME}) or a folder of images in train/<class>/ and "
     "test/<class>/ folders"
-)
-
-_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
-# Name of a temporary file or folder: ".<label>.tmp-<host>-<pid>-<8 hex digits>".
-_TEMPORARY_NAME = re.compile(
-    r"^\.(?P<label>.+)\.tmp-(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)-[0-9a-f]{8}$"
 )
 
 
@@ -1488,33 +1482,20 @@ def _move_into_place(
 
 
 def _temporary_name(label: str) -> str:
-    # Host and process id in the name let a later run tell whether the owner is still alive.
-    return f".{label}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    return staging.temporary_name(label)
 
 
 def _remove_stale_temporaries(folder: pathlib.Path) -> None:
     """Remove temporary files and folders in `folder` whose process on this host has ended."""
     for entry in folder.iterdir():
-        match = _TEMPORARY_NAME.match(entry.name)
-        if match is None or match["host"] != _HOST or _process_is_running(int(match["pid"])):
+        match = staging.abandoned_temporary(entry.name)
+        if match is None:
             continue
         logger.info("Removing %s, left by an interrupted run (process %s)", entry, match["pid"])
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-
-
-def _process_is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # The process exists but belongs to another user.
-        return True
-    except OverflowError:  # Not a valid process id on this system.
-        return False
-    return True
 
 
 if __name__ == "__main__":

@@ -28,10 +28,7 @@ import hashlib
 import json
 import logging
 import os
-import re
-import secrets
 import shutil
-import socket
 import time
 from typing import Any
 
@@ -44,6 +41,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components import staging
+
 logger = logging.getLogger(__name__)
 
 # Marker written into every pushed version. TF Serving reads only
@@ -54,8 +53,6 @@ SAVED_MODEL_FILE = "saved_model.pb"
 # Temporary folders are named `.<version>.tmp-<host>-<pid>-<8 hex digits>`, as
 # data preparation names its own, so that a later push can tell whether the
 # process that wrote one still runs.
-_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
-_TEMPORARY_NAME = re.compile(r"\.\d+\.tmp-(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -209,7 +206,7 @@ def push_atomically(
     remove_stale_temporaries(base_directory)
     temporary = os.path.join(
         base_directory,
-        f".{version}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}",
+        staging.temporary_name(version),
     )
     try:
         io_utils.copy_dir(model_path, temporary)
@@ -245,26 +242,15 @@ def remove_stale_temporaries(base_directory: str) -> None:
     because their processes cannot be checked from here.
     """
     for name in os.listdir(base_directory):
-        match = _TEMPORARY_NAME.fullmatch(name)
+        match = staging.abandoned_temporary(name)
         path = os.path.join(base_directory, name)
-        if match is None or match["host"] != _HOST or process_is_running(int(match["pid"])):
+        # Only numeric labels are the Pusher's; other hidden folders are left alone.
+        if match is None or not match["label"].isdigit():
             continue
         logger.warning(
             "Removing %s, left by a push that did not finish (process %s).", path, match["pid"]
         )
         shutil.rmtree(path, ignore_errors=True)
-
-
-def process_is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # The process exists but belongs to another user.
-        return True
-    except OverflowError:  # Not a valid process id on this system.
-        return False
-    return True
 
 
 def sync_tree(folder: str) -> None:

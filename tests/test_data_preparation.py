@@ -31,6 +31,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from components import data_preparation as dp
+from components import staging
 
 BINARY_FILES = (*(f"data_batch_{number}.bin" for number in range(1, 6)), "test_batch.bin")
 IMAGES_PER_CLASS = 20
@@ -586,10 +587,10 @@ def test_stale_temporary_folder_removed(tmp_path):
         text=True,
         check=True,
     )
-    stale = data_root / f".images.tmp-{dp._HOST}-{int(ended.stdout)}-0123abcd"
+    stale = data_root / f".images.tmp-{staging.HOST}-{int(ended.stdout)}-0123abcd"
     (stale / "train").mkdir(parents=True)
     (stale / "train" / "train-00000-of-00001.tfrecord").write_bytes(b"partial")
-    running = data_root / f".images.tmp-{dp._HOST}-{os.getpid()}-0123abcd"
+    running = data_root / f".images.tmp-{staging.HOST}-{os.getpid()}-0123abcd"
     running.mkdir()
 
     dp.prepare_dataset(str(folder), data_root, eval_fraction=0.5)

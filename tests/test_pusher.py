@@ -18,7 +18,7 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components import pusher
+from components import pusher, staging
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -147,7 +147,7 @@ def test_killed_push_leaves_no_version(model_uri, export_dir, tmp_path):
 
 def test_temporary_of_live_or_other_host_kept(tmp_path):
     base = tmp_path / "cifar10"
-    own = base / f".1.tmp-{pusher._HOST}-{os.getpid()}-0123abcd"
+    own = base / f".1.tmp-{staging.HOST}-{os.getpid()}-0123abcd"
     # Another host's process cannot be checked from here.
     other_host = base / ".2.tmp-other-host.example-1-0123abcd"
     own.mkdir(parents=True)
@@ -164,7 +164,7 @@ def test_temporary_of_dead_process_removed(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     base = tmp_path / "cifar10"
-    dead = base / f".1.tmp-{pusher._HOST}-{child.pid}-0123abcd"
+    dead = base / f".1.tmp-{staging.HOST}-{child.pid}-0123abcd"
     (dead / "variables").mkdir(parents=True)
 
     pusher.remove_stale_temporaries(str(base))
