@@ -97,7 +97,7 @@ def fit_multi_worker(
         callback_list.on_epoch_end(epoch, logs)
 
         # Early stopping on the eval loss, as keras.callbacks.EarlyStopping
-        # with restore_best_weights=True. Every worker sees the same reduced
+        # with restore_best_weights=True. Every worker gets the same reduced
         # loss, so all of them stop at the same epoch.
         if logs["val_loss"] < best_loss:
             best_loss, waited = logs["val_loss"], 0

@@ -94,7 +94,7 @@ def load_weights_file(base: keras.Model, path: str) -> None:
     try:
         base.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
-        # Keras' message can list every layer of the file; its start says enough.
+        # Keras' message can list every layer of the file; its start is enough.
         reason = str(error)
         if len(reason) > 300:
             reason = reason[:300] + " ..."

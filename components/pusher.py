@@ -13,7 +13,7 @@ numeric folder that contains part of a model. This executor differs in two ways:
   processes of this host are removed before the next push.
 - It writes `assets.extra/source_model.json` into each version, naming the
   Model artifact's URI and a SHA-256 digest of its files. When a complete version
-  already holds the same model, the push is skipped and PushedModel gets
+  already contains the same model, the push is skipped and PushedModel gets
   pushed=0. A rerun of an unchanged pipeline re-blesses its cached model
   against itself, so without this check every rerun would add an identical
   version.

@@ -24,6 +24,20 @@ CIFAR10_ARCHIVE = pathlib.Path(
     )
 )
 LABEL_NAMES = cfg.CIFAR10_LABEL_NAMES
+# Node ids of the pipeline that create_pipeline() builds.
+PIPELINE_NODE_IDS = (
+    "ImportExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "AnomalyGate",
+    "Transform",
+    "latest_blessed_model_resolver",
+    "Trainer",
+    "Evaluator",
+    "Pusher",
+    "RunReport",
+)
 
 
 def extract_subset(destination: pathlib.Path, train_per_class: int, test_per_class: int) -> None:
@@ -33,16 +47,16 @@ def extract_subset(destination: pathlib.Path, train_per_class: int, test_per_cla
             f"Real CIFAR-10 images not found at {CIFAR10_ARCHIVE}; set CIFAR10_IMAGES_ARCHIVE "
             "to the cifar10-images.tar.gz described in the README."
         )
-    wanted = {"train": train_per_class, "test": test_per_class}
+    requested = {"train": train_per_class, "test": test_per_class}
     counts: dict[tuple[str, str], int] = {}
     needed = len(LABEL_NAMES) * (train_per_class + test_per_class)
     with tarfile.open(CIFAR10_ARCHIVE) as archive:
         for member in archive:
             parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 3 or parts[0] not in wanted:
+            if not member.isfile() or len(parts) != 3 or parts[0] not in requested:
                 continue
             split, label, name = parts
-            if counts.get((split, label), 0) >= wanted[split]:
+            if counts.get((split, label), 0) >= requested[split]:
                 continue
             counts[(split, label)] = counts.get((split, label), 0) + 1
             target = destination / split / label / name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import LABEL_NAMES
+from conftest import LABEL_NAMES, PIPELINE_NODE_IDS
 
 from components import pusher
 from pipeline import config as cfg
@@ -70,21 +70,7 @@ def test_pipeline_wires_every_component_in_order(tmp_path):
     definition = pipeline.create_pipeline(make_config(tmp_path))
 
     ids = [component.id for component in definition.components]
-    assert sorted(ids) == sorted(
-        [
-            "ImportExampleGen",
-            "StatisticsGen",
-            "ImportSchemaGen",
-            "ExampleValidator",
-            "AnomalyGate",
-            "Transform",
-            "latest_blessed_model_resolver",
-            "Trainer",
-            "Evaluator",
-            "Pusher",
-            "RunReport",
-        ]
-    )
+    assert sorted(ids) == sorted(PIPELINE_NODE_IDS)
     # Components come topologically sorted: validation gates Transform, the
     # Evaluator's blessing gates the Pusher, and the report reads the Pusher's output.
     assert ids.index("AnomalyGate") < ids.index("Transform") < ids.index("Trainer")

@@ -78,7 +78,8 @@ def test_warm_start_restores_exported_weights(export_dir, trained, real_images):
 
     description = model.load_blessed_weights(fresh, fresh_base, export_dir)
 
-    assert "head" in description and "new head" not in description
+    assert "head" in description
+    assert "new head" not in description
     for restored, original in zip(fresh.weights, classifier.weights, strict=True):
         np.testing.assert_array_equal(restored.numpy(), original.numpy())
 

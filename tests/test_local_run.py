@@ -7,7 +7,13 @@ import pathlib
 
 import pytest
 import tensorflow as tf
-from conftest import LABEL_NAMES, QUICK_TRAINING, first_run_arguments, serialized_example
+from conftest import (
+    LABEL_NAMES,
+    PIPELINE_NODE_IDS,
+    QUICK_TRAINING,
+    first_run_arguments,
+    serialized_example,
+)
 
 import local_runner
 from pipeline import config as cfg
@@ -57,19 +63,7 @@ def test_metadata_records_every_component(first_run):
     summary = run_summary.summarize_run(str(output / "metadata.sqlite"), cfg.PIPELINE_NAME)
 
     states = {component.node_id: component.state for component in summary.components}
-    assert set(states) == {
-        "ImportExampleGen",
-        "StatisticsGen",
-        "ImportSchemaGen",
-        "ExampleValidator",
-        "AnomalyGate",
-        "Transform",
-        "latest_blessed_model_resolver",
-        "Trainer",
-        "Evaluator",
-        "Pusher",
-        "RunReport",
-    }
+    assert set(states) == set(PIPELINE_NODE_IDS)
     assert set(states.values()) == {"complete"}
     assert len(summary.per_class_accuracy) == len(LABEL_NAMES)
     assert summary.test_examples == 100
