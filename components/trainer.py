@@ -67,7 +67,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     # Model and base weights, created under the strategy so variables are replicated.
     with strategy.scope():
-        classifier, base = model.build_model(num_classes, config.image_size, config.dropout)
+        classifier, base = model.build_model(
+            num_classes, config.image_size, config.dropout, config.fused_batch_norm
+        )
         pretrained = load_base_weights(classifier, base, config, fn_args.base_model)
 
     # Training phases.
