@@ -12,9 +12,11 @@ folder of images in `train/<class>/` and `test/<class>/` folders. The output fol
 
 Each tf.train.Example has exactly two features: `image_raw` (bytes, the encoded image) and
 `label` (int64). Images of the official binary archive are encoded as PNG. Images from a
-folder keep their original bytes when they are JPEG, PNG, GIF or BMP; other formats are
-converted to PNG. Decode `image_raw` with `tf.io.decode_image(..., expand_animations=False)`
-so that GIF files yield a single frame.
+folder keep their original bytes when they are JPEG, PNG, GIF or BMP without an EXIF
+rotation. Other formats, and rotated images with the rotation applied, are converted to PNG.
+Hidden files and files without an image extension in class folders are skipped. Decode
+`image_raw` with `tf.io.decode_image(..., expand_animations=False)` so that GIF files yield a
+single frame.
 
 Archives are read in place, never extracted file by file: a compressed tar is decompressed
 to one temporary plain tar inside `data_root`, which is deleted afterwards. Archives with
@@ -1280,8 +1282,8 @@ def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list
                 f"{tree.display(path)} is not a readable image ({reason}). Remove the file or "
                 "replace it with a valid image."
             ) from error
-        # TensorFlow's decoders ignore the EXIF orientation tag, so a rotated image is stored
-        # as PNG with the rotation applied, so the model trains on the upright image.
+        # TensorFlow's decoders ignore the EXIF orientation tag. A rotated image is therefore
+        # stored as PNG with the rotation applied, and the model trains on the upright image.
         is_rotated = orientation != 1
         rotated += is_rotated
         needs_png.append(image_format not in _KEPT_FORMATS or is_rotated)
