@@ -273,15 +273,151 @@ def read_label_names(root: str | os.PathLike) -> tuple[str, ...]:
     return names
 
 
+def verify_prepared_dataset(folder: str | os.PathLike) -> dict[str, int]:
+    """Read every record of the train, eval and test splits in `folder` and return their counts.
+
+    `folder` is a prepared dataset as the pipeline reads it (`<split>/*` files), on a local
+    disk or any file system that tf.io.gfile reads, such as gs:// (NOTE: tested on local
+    folders only). Each split must have files and examples, every record must be complete
+    (its CRC matches), and every example needs one bytes `image_raw` and one int64 `label`,
+    below the number of lines of label_names.txt when that file exists. When manifest.json
+    exists, file sizes and example counts must match it.
+
+    Raises:
+        DataPreparationError: naming the file, and the record for a bad example, with the fix.
+    """
+    import tensorflow as tf  # Imported here so that --help and input errors stay fast.
+
+    root = os.fspath(folder).rstrip("/")
+    manifest = _read_optional_json(tf, f"{root}/manifest.json")
+    num_classes = None
+    if tf.io.gfile.exists(f"{root}/label_names.txt"):
+        with tf.io.gfile.GFile(f"{root}/label_names.txt") as file:
+            num_classes = len(file.read().splitlines())
+    recorded_sizes = manifest.get("shard_bytes", {}) if manifest else {}
+    counts = {}
+    for split in SPLITS:
+        files = sorted(tf.io.gfile.glob(f"{root}/{split}/*"))
+        if not files:
+            raise DataPreparationError(
+                f"{root}/{split}/ contains no files, so the {split} split is missing. Copy the "
+                "complete prepared folder, or prepare the dataset again."
+            )
+        count = 0
+        for path in files:
+            expected_size = recorded_sizes.get(path[len(root) + 1 :])
+            size = tf.io.gfile.stat(path).length
+            if expected_size is not None and size != expected_size:
+                raise DataPreparationError(
+                    f"{path} has {size} bytes, but manifest.json records {expected_size}, so "
+                    "it is truncated or was changed. Copy the prepared folder again, or "
+                    "prepare the dataset again."
+                )
+            count += _verify_tfrecord_file(tf, path, num_classes)
+        if count == 0:
+            raise DataPreparationError(
+                f"The {split} split in {root}/{split}/ has no examples, because its files "
+                "contain no records. Prepare the dataset again with images for every split."
+            )
+        if manifest and int(manifest["split_counts"][split]) != count:
+            raise DataPreparationError(
+                f"The {split} split in {root}/{split}/ has {count} examples, but "
+                f"manifest.json records {manifest['split_counts'][split]}. Copy the prepared "
+                "folder again, or prepare the dataset again."
+            )
+        counts[split] = count
+    return counts
+
+
+def _read_optional_json(tf, path: str) -> dict | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as file:
+            return json.loads(file.read())
+    except ValueError as error:
+        raise DataPreparationError(
+            f"{path} is not valid JSON ({error}). Copy the prepared folder again."
+        ) from error
+
+
+def _verify_tfrecord_file(tf, path: str, num_classes: int | None) -> int:
+    """Return the number of records of one TFRecord file after checking each example."""
+    # ImportExampleGen and the Trainer read files ending in .gz as GZIP.
+    compression = "GZIP" if path.endswith(".gz") else ""
+    index = -1
+    try:
+        for index, record in enumerate(tf.data.TFRecordDataset(path, compression)):
+            _verify_example(record.numpy(), f"{path} record {index}", num_classes)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        raise DataPreparationError(
+            f"{path} is truncated or corrupt: record {index + 1} (counted from 0) cannot be "
+            f"read ({type(error).__name__}). Copy the file again, or prepare the dataset again."
+        ) from error
+    return index + 1
+
+
+def _verify_example(serialized: bytes, origin: str, num_classes: int | None) -> None:
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    try:
+        features = example_pb2.Example.FromString(serialized).features.feature
+    except DecodeError as error:
+        raise DataPreparationError(
+            f"{origin} is not a tf.train.Example ({error}). Prepare the dataset again."
+        ) from error
+    if "image_raw" not in features or features["image_raw"].WhichOneof("kind") != "bytes_list":
+        raise DataPreparationError(
+            f"{origin} has no bytes feature image_raw. Examples need image_raw (bytes) and label "
+            "(int64); prepare the dataset with python -m components.data_preparation."
+        )
+    image_values = features["image_raw"].bytes_list.value
+    if len(image_values) != 1:
+        raise DataPreparationError(
+            f"{origin} has {len(image_values)} image_raw values instead of 1. Prepare the "
+            "dataset again."
+        )
+    kind = features["label"].WhichOneof("kind") if "label" in features else None
+    if kind != "int64_list":
+        raise DataPreparationError(
+            f"{origin} has a label of type {kind or 'none'}, but the pipeline needs an int64 "
+            "label (int64_list). Write the label as tf.train.Int64List, or prepare the dataset "
+            "with python -m components.data_preparation."
+        )
+    labels = features["label"].int64_list.value
+    if len(labels) != 1:
+        raise DataPreparationError(
+            f"{origin} has {len(labels)} label values instead of 1. Prepare the dataset again."
+        )
+    if num_classes is not None and not 0 <= labels[0] < num_classes:
+        raise DataPreparationError(
+            f"{origin} has label {labels[0]}, but label_names.txt lists {num_classes} classes, "
+            f"so labels must be 0 to {num_classes - 1}. Prepare the dataset again."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command-line interface and return the exit code: 0 on success, 2 on bad input.
 
     Invalid arguments make argparse exit with status 2 itself.
     """
-    args = _build_argument_parser().parse_args(argv)
+    parser = _build_argument_parser()
+    args = parser.parse_args(argv)
+    if args.verify is None and args.data_root is None:
+        parser.error("the following arguments are required: --data-root (or --verify FOLDER)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.verify is not None:
+        try:
+            counts = verify_prepared_dataset(args.verify)
+        except DataPreparationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        text = ", ".join(f"{split}={count}" for split, count in counts.items())
+        print(f"Verified {args.verify}: {text}")
+        return 0
     try:
         prepared = prepare_dataset(
             args.source,
@@ -322,10 +458,19 @@ def _build_argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-root",
-        required=True,
         help=(
             "folder for downloads and prepared datasets; the output goes to "
-            "DATA_ROOT/<name>-<12 hex digits>/"
+            "DATA_ROOT/<name>-<12 hex digits>/ (required unless --verify is given)"
+        ),
+    )
+    parser.add_argument(
+        "--verify",
+        default=None,
+        metavar="FOLDER",
+        help=(
+            "read every record of a prepared dataset folder (local or gs://...), for example "
+            "a copy for Kubeflow's --data-root, and exit 2 naming the first truncated file, "
+            "empty split or example without an int64 label; nothing is prepared"
         ),
     )
     parser.add_argument(

@@ -1012,6 +1012,93 @@ def test_truncated_shard_prepared_again(tmp_path, caplog):
     assert any(f"{shard} has {len(complete) // 2} bytes" in text for text in messages)
 
 
+def write_records(path: pathlib.Path, records: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def example_with_label(label: tf.train.Feature) -> bytes:
+    features = {
+        "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes((1, 2, 3))])),
+        "label": label,
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+@pytest.fixture
+def prepared_small(tmp_path) -> dp.PreparedData:
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    return dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+
+def test_verify_accepts_prepared_dataset(prepared_small, capsys):
+    counts = dp.verify_prepared_dataset(prepared_small.root)
+    exit_code = dp.main(["--verify", str(prepared_small.root)])
+
+    assert counts == prepared_small.split_counts
+    assert exit_code == 0
+    assert "train=4, eval=4, test=8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("keep_manifest", "expected_text"),
+    [
+        (True, "but manifest.json records"),
+        (False, "is truncated or corrupt: record 7 (counted from 0) cannot be read"),
+    ],
+)
+def test_verify_rejects_truncated_shard(prepared_small, capsys, keep_manifest, expected_text):
+    [shard] = (prepared_small.root / "test").iterdir()
+    shard.write_bytes(shard.read_bytes()[:-40])
+    if not keep_manifest:
+        (prepared_small.root / "manifest.json").unlink()
+
+    exit_code = dp.main(["--verify", str(prepared_small.root)])
+
+    error = capsys.readouterr().err
+    assert exit_code == 2
+    assert str(shard) in error
+    assert expected_text in error
+    assert "Copy the" in error
+
+
+@pytest.mark.parametrize(
+    ("label", "expected_text"),
+    [
+        (tf.train.Feature(float_list=tf.train.FloatList(value=[1.0])), "label of type float_list"),
+        (tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"1"])), "label of type bytes_list"),
+        (tf.train.Feature(int64_list=tf.train.Int64List(value=[2])), "has label 2, but"),
+    ],
+    ids=["float", "bytes", "outside_labels"],
+)
+def test_verify_rejects_bad_label(prepared_small, label, expected_text):
+    good = example_with_label(tf.train.Feature(int64_list=tf.train.Int64List(value=[1])))
+    [shard] = (prepared_small.root / "eval").iterdir()
+    write_records(shard, [good, example_with_label(label)])
+    (prepared_small.root / "manifest.json").unlink()
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.verify_prepared_dataset(prepared_small.root)
+
+    assert f"{shard} record 1 " in str(error.value)
+    assert expected_text in str(error.value)
+
+
+def test_verify_rejects_split_without_examples(prepared_small):
+    [shard] = (prepared_small.root / "eval").iterdir()
+    write_records(shard, [])
+    (prepared_small.root / "manifest.json").unlink()
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.verify_prepared_dataset(prepared_small.root)
+
+    assert f"The eval split in {prepared_small.root}/eval/ has no examples" in str(error.value)
+
+
 # --- Command line ------------------------------------------------------------------------
 
 
