@@ -2,7 +2,8 @@
 
 TFX's ExampleValidator records anomalies but does not fail, so without a gate
 the Trainer would train on data that breaks the schema (a label outside the
-label set, an example without image bytes). The gate reads each split's
+label set or of another type than int64, an example without image bytes, a
+split without examples). The gate reads each split's
 anomalies and raises with every anomaly named; Transform runs after it.
 """
 
@@ -31,6 +32,12 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
         path = os.path.join(anomalies_uri, f"Split-{split}", SCHEMA_DIFF_FILE)
         with open(path, "rb") as handle:
             anomalies = anomalies_pb2.Anomalies.FromString(handle.read())
+        # TFDV sets data_missing, and reports nothing else, when a split has no examples.
+        if anomalies.data_missing:
+            problems.append(
+                f"{split}: dataset: the split has no examples. Check that the split's "
+                "TFRecord files contain records, or prepare the data again."
+            )
         for feature, info in sorted(anomalies.anomaly_info.items()):
             problems.append(f"{split}: feature '{feature}': {info.description}")
         if anomalies.HasField("dataset_anomaly_info"):

@@ -12,9 +12,11 @@ folder of images in `train/<class>/` and `test/<class>/` folders. The output fol
 
 Each tf.train.Example has exactly two features: `image_raw` (bytes, the encoded image) and
 `label` (int64). Images of the official binary archive are encoded as PNG. Images from a
-folder keep their original bytes when they are JPEG, PNG, GIF or BMP; other formats are
-converted to PNG. Decode `image_raw` with `tf.io.decode_image(..., expand_animations=False)`
-so that GIF files yield a single frame.
+folder keep their original bytes when they are JPEG, PNG, GIF or BMP without an EXIF
+rotation. Other formats, and rotated images with the rotation applied, are converted to PNG.
+Hidden files and files without an image extension in class folders are skipped. Decode
+`image_raw` with `tf.io.decode_image(..., expand_animations=False)` so that GIF files yield a
+single frame.
 
 Archives are read in place, never extracted file by file: a compressed tar is decompressed
 to one temporary plain tar inside `data_root`, which is deleted afterwards. Archives with
@@ -32,6 +34,7 @@ import bz2
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gzip
 import hashlib
 import http.client
@@ -58,7 +61,7 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from components import staging
 
@@ -89,10 +92,20 @@ _BINARY_META_FILE = "batches.meta.txt"
 _IMAGE_SIDE = 32
 _BINARY_RECORD_BYTES = 1 + 3 * _IMAGE_SIDE * _IMAGE_SIDE
 
+# Largest image accepted, in pixels (width x height), checked from the image header before
+# decoding. A larger image is rejected as a likely decompression bomb: a small file whose
+# header claims a huge size. At this limit one decoded RGB image takes 50 MB in PIL, and the
+# float32 copy that Transform makes while resizing takes 200 MB (estimates: 3 and 12 bytes
+# per pixel). The exported model applies the same limit to served images
+# (components/exporter.py).
+MAX_IMAGE_PIXELS = 4096 * 4096
+
 # Formats whose bytes are written unchanged; tf.io.decode_image reads all four.
 _KEPT_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP"})
 # Image modes that PIL writes to PNG without conversion.
 _PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
+# PIL's 16-bit modes other than I;16, which are converted to I;16 before PNG encoding.
+_16_BIT_MODES = frozenset({"I;16B", "I;16L", "I;16N"})
 # Top-level entries that archive tools add and that are not part of a dataset.
 _IGNORED_TOP_LEVEL = frozenset({"__MACOSX"})
 
@@ -260,15 +273,151 @@ def read_label_names(root: str | os.PathLike) -> tuple[str, ...]:
     return names
 
 
+def verify_prepared_dataset(folder: str | os.PathLike) -> dict[str, int]:
+    """Read every record of the train, eval and test splits in `folder` and return their counts.
+
+    `folder` is a prepared dataset as the pipeline reads it (`<split>/*` files), on a local
+    disk or any file system that tf.io.gfile reads, such as gs:// (NOTE: tested on local
+    folders only). Each split must have files and examples, every record must be complete
+    (its CRC matches), and every example needs one bytes `image_raw` and one int64 `label`,
+    below the number of lines of label_names.txt when that file exists. When manifest.json
+    exists, file sizes and example counts must match it.
+
+    Raises:
+        DataPreparationError: naming the file, and the record for a bad example, with the fix.
+    """
+    import tensorflow as tf  # Imported here so that --help and input errors stay fast.
+
+    root = os.fspath(folder).rstrip("/")
+    manifest = _read_optional_json(tf, f"{root}/manifest.json")
+    num_classes = None
+    if tf.io.gfile.exists(f"{root}/label_names.txt"):
+        with tf.io.gfile.GFile(f"{root}/label_names.txt") as file:
+            num_classes = len(file.read().splitlines())
+    recorded_sizes = manifest.get("shard_bytes", {}) if manifest else {}
+    counts = {}
+    for split in SPLITS:
+        files = sorted(tf.io.gfile.glob(f"{root}/{split}/*"))
+        if not files:
+            raise DataPreparationError(
+                f"{root}/{split}/ contains no files, so the {split} split is missing. Copy the "
+                "complete prepared folder, or prepare the dataset again."
+            )
+        count = 0
+        for path in files:
+            expected_size = recorded_sizes.get(path[len(root) + 1 :])
+            size = tf.io.gfile.stat(path).length
+            if expected_size is not None and size != expected_size:
+                raise DataPreparationError(
+                    f"{path} has {size} bytes, but manifest.json records {expected_size}, so "
+                    "it is truncated or was changed. Copy the prepared folder again, or "
+                    "prepare the dataset again."
+                )
+            count += _verify_tfrecord_file(tf, path, num_classes)
+        if count == 0:
+            raise DataPreparationError(
+                f"The {split} split in {root}/{split}/ has no examples, because its files "
+                "contain no records. Prepare the dataset again with images for every split."
+            )
+        if manifest and int(manifest["split_counts"][split]) != count:
+            raise DataPreparationError(
+                f"The {split} split in {root}/{split}/ has {count} examples, but "
+                f"manifest.json records {manifest['split_counts'][split]}. Copy the prepared "
+                "folder again, or prepare the dataset again."
+            )
+        counts[split] = count
+    return counts
+
+
+def _read_optional_json(tf, path: str) -> dict | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as file:
+            return json.loads(file.read())
+    except ValueError as error:
+        raise DataPreparationError(
+            f"{path} is not valid JSON ({error}). Copy the prepared folder again."
+        ) from error
+
+
+def _verify_tfrecord_file(tf, path: str, num_classes: int | None) -> int:
+    """Return the number of records of one TFRecord file after checking each example."""
+    # ImportExampleGen and the Trainer read files ending in .gz as GZIP.
+    compression = "GZIP" if path.endswith(".gz") else ""
+    index = -1
+    try:
+        for index, record in enumerate(tf.data.TFRecordDataset(path, compression)):
+            _verify_example(record.numpy(), f"{path} record {index}", num_classes)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        raise DataPreparationError(
+            f"{path} is truncated or corrupt: record {index + 1} (counted from 0) cannot be "
+            f"read ({type(error).__name__}). Copy the file again, or prepare the dataset again."
+        ) from error
+    return index + 1
+
+
+def _verify_example(serialized: bytes, origin: str, num_classes: int | None) -> None:
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    try:
+        features = example_pb2.Example.FromString(serialized).features.feature
+    except DecodeError as error:
+        raise DataPreparationError(
+            f"{origin} is not a tf.train.Example ({error}). Prepare the dataset again."
+        ) from error
+    if "image_raw" not in features or features["image_raw"].WhichOneof("kind") != "bytes_list":
+        raise DataPreparationError(
+            f"{origin} has no bytes feature image_raw. Examples need image_raw (bytes) and label "
+            "(int64); prepare the dataset with python -m components.data_preparation."
+        )
+    image_values = features["image_raw"].bytes_list.value
+    if len(image_values) != 1:
+        raise DataPreparationError(
+            f"{origin} has {len(image_values)} image_raw values instead of 1. Prepare the "
+            "dataset again."
+        )
+    kind = features["label"].WhichOneof("kind") if "label" in features else None
+    if kind != "int64_list":
+        raise DataPreparationError(
+            f"{origin} has a label of type {kind or 'none'}, but the pipeline needs an int64 "
+            "label (int64_list). Write the label as tf.train.Int64List, or prepare the dataset "
+            "with python -m components.data_preparation."
+        )
+    labels = features["label"].int64_list.value
+    if len(labels) != 1:
+        raise DataPreparationError(
+            f"{origin} has {len(labels)} label values instead of 1. Prepare the dataset again."
+        )
+    if num_classes is not None and not 0 <= labels[0] < num_classes:
+        raise DataPreparationError(
+            f"{origin} has label {labels[0]}, but label_names.txt lists {num_classes} classes, "
+            f"so labels must be 0 to {num_classes - 1}. Prepare the dataset again."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command-line interface and return the exit code: 0 on success, 2 on bad input.
 
     Invalid arguments make argparse exit with status 2 itself.
     """
-    args = _build_argument_parser().parse_args(argv)
+    parser = _build_argument_parser()
+    args = parser.parse_args(argv)
+    if args.verify is None and args.data_root is None:
+        parser.error("the following arguments are required: --data-root (or --verify FOLDER)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.verify is not None:
+        try:
+            counts = verify_prepared_dataset(args.verify)
+        except DataPreparationError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        text = ", ".join(f"{split}={count}" for split, count in counts.items())
+        print(f"Verified {args.verify}: {text}")
+        return 0
     try:
         prepared = prepare_dataset(
             args.source,
@@ -309,10 +458,19 @@ def _build_argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-root",
-        required=True,
         help=(
             "folder for downloads and prepared datasets; the output goes to "
-            "DATA_ROOT/<name>-<12 hex digits>/"
+            "DATA_ROOT/<name>-<12 hex digits>/ (required unless --verify is given)"
+        ),
+    )
+    parser.add_argument(
+        "--verify",
+        default=None,
+        metavar="FOLDER",
+        help=(
+            "read every record of a prepared dataset folder (local or gs://...), for example "
+            "a copy for Kubeflow's --data-root, and exit 2 naming the first truncated file, "
+            "empty split or example without an int64 label; nothing is prepared"
         ),
     )
     parser.add_argument(
@@ -539,6 +697,7 @@ def _detect_layout(tree: _SourceTree) -> tuple[str, str]:
         if has_train and has_test:
             return _IMAGES_LAYOUT, candidate
         if has_train or has_test:
+            _reject_other_letter_case(tree, candidate)
             found, missing = ("train", "test") if has_train else ("test", "train")
             raise DataPreparationError(
                 f"The {tree.description} has a {found}/ folder in "
@@ -546,6 +705,8 @@ def _detect_layout(tree: _SourceTree) -> tuple[str, str]:
                 "layout needs both train/<class>/ and test/<class>/."
             )
 
+    for candidate in candidates:
+        _reject_other_letter_case(tree, candidate)
     listed_entries = ", ".join(top_level[:10]) + (", ..." if len(top_level) > 10 else "")
     raise DataPreparationError(
         f"The {tree.description} has neither the CIFAR-10 binary layout ({_BINARY_FOLDER}/ "
@@ -553,6 +714,22 @@ def _detect_layout(tree: _SourceTree) -> tuple[str, str]:
         "nor the image-folder layout (train/<class>/ and test/<class>/, at the top or inside "
         f"one top-level folder). Top-level entries found: {listed_entries or 'none'}."
     )
+
+
+def _reject_other_letter_case(tree: _SourceTree, folder: str) -> None:
+    """Raise when `folder` has train/ or test/ in other letter case, such as Train/."""
+    misspelled = [
+        name
+        for name, kind in tree.children(folder)
+        if kind == "dir" and name.lower() in ("train", "test") and name not in ("train", "test")
+    ]
+    if misspelled:
+        found = ", ".join(f"{name}/" for name in misspelled)
+        raise DataPreparationError(
+            f"The {tree.description} has {found} in {tree.display(folder)}, but folder names "
+            "are case-sensitive and the image-folder layout needs lowercase train/<class>/ "
+            "and test/<class>/. Rename the folders."
+        )
 
 
 def _load_source(
@@ -1087,18 +1264,30 @@ def _scan_image_folders(tree: _SourceTree, root: str) -> _ImageListing:
     _validate_label_names(label_names, tree.display(_join(root, "train")))
 
     files: dict[str, list[tuple[str, int]]] = {}
+    skipped = []
     for split in ("train", "test"):
         entries = []
         for label, name in enumerate(label_names):
             class_folder = _join(root, split, name)
-            images = _class_image_files(tree, class_folder)
+            images, skipped_names = _class_image_files(tree, class_folder)
             if not images:
+                skipped_text = f" (skipped: {skipped_names[:5]})" if skipped_names else ""
                 raise DataPreparationError(
-                    f"The class folder {tree.display(class_folder)} contains no images. Add "
-                    f"images or remove the class folder {name!r} from both train/ and test/."
+                    f"The class folder {tree.display(class_folder)} contains no images"
+                    f"{skipped_text}. Add images or remove the class folder {name!r} from both "
+                    "train/ and test/."
                 )
             entries.extend((path, label) for path in images)
+            skipped.extend(_join(split, name, skipped_name) for skipped_name in skipped_names)
         files[split] = entries
+    if skipped:
+        logger.warning(
+            "Skipping %d hidden or non-image files in the class folders of %s, such as %s. "
+            "Only files with an image extension (.jpg, .png, ...) are read.",
+            len(skipped),
+            tree.display(root),
+            ", ".join(repr(path) for path in skipped[:5]),
+        )
     logger.info(
         "Found %d classes, %d train and %d test images",
         len(label_names),
@@ -1128,10 +1317,18 @@ def _class_folder_names(tree: _SourceTree, split_folder: str) -> list[str]:
     return names
 
 
-def _class_image_files(tree: _SourceTree, class_folder: str) -> list[str]:
+def _class_image_files(tree: _SourceTree, class_folder: str) -> tuple[list[str], list[str]]:
+    """Return the image files of a class folder and the names of the files skipped in it.
+
+    Hidden files (names starting with "." such as .DS_Store and macOS' ._ files) and files
+    whose extension is not an image format that PIL opens (README.txt, Thumbs.db) are
+    skipped, as Keras' image_dataset_from_directory and torchvision's ImageFolder do.
+    """
     paths = []
+    skipped = []
     for name, kind in tree.children(class_folder):
         if name.startswith("."):
+            skipped.append(name)
             continue
         path = _join(class_folder, name)
         if kind == "dir":
@@ -1144,8 +1341,21 @@ def _class_image_files(tree: _SourceTree, class_folder: str) -> list[str]:
                 f"{tree.display(path)} is not a regular file (for example a broken symbolic "
                 "link). Remove it."
             )
+        if posixpath.splitext(name)[1].lower() not in _image_extensions():
+            skipped.append(name)
+            continue
         paths.append(path)
-    return paths
+    return paths, skipped
+
+
+@functools.cache
+def _image_extensions() -> frozenset[str]:
+    """Return the file extensions, such as ".jpg", of the image formats that PIL can open."""
+    return frozenset(
+        extension
+        for extension, image_format in Image.registered_extensions().items()
+        if image_format in Image.OPEN
+    )
 
 
 def _validate_label_names(names: Sequence[str], origin: str) -> None:
@@ -1184,12 +1394,30 @@ def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list
     # truncated file would pass it and then fail inside Transform, far from its path.
     progress = _ProgressLog(f"Verifying {split} images", len(paths))
     needs_png = []
+    rotated = 0
     for path in paths:
         data = tree.read_bytes(path)
+        if not data:
+            raise DataPreparationError(
+                f"{tree.display(path)} is empty (0 bytes), for example from an interrupted "
+                "copy. Copy the image again or remove the file."
+            )
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image_format = image.format
+                # Image.open reads only the header, so the size is checked before decoding.
+                _check_pixel_count(image.size, tree.display(path))
                 image.load()
+                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except DataPreparationError:
+            raise
+        except Image.DecompressionBombError as error:
+            # PIL rejects headers of more than 2 * Image.MAX_IMAGE_PIXELS in Image.open,
+            # before the check above can run.
+            raise DataPreparationError(
+                f"{tree.display(path)} is larger than the limit of {MAX_IMAGE_PIXELS} pixels "
+                f"({error}). Downscale the image or remove the file."
+            ) from error
         except Exception as error:  # PIL plugins raise many exception types for broken files.
             if isinstance(error, UnidentifiedImageError):
                 reason = "PIL does not recognize its format"
@@ -1199,12 +1427,32 @@ def _inspect_images(tree: _SourceTree, paths: Sequence[str], split: str) -> list
                 f"{tree.display(path)} is not a readable image ({reason}). Remove the file or "
                 "replace it with a valid image."
             ) from error
-        needs_png.append(image_format not in _KEPT_FORMATS)
+        # TensorFlow's decoders ignore the EXIF orientation tag. A rotated image is therefore
+        # stored as PNG with the rotation applied, and the model trains on the upright image.
+        is_rotated = orientation != 1
+        rotated += is_rotated
+        needs_png.append(image_format not in _KEPT_FORMATS or is_rotated)
         progress.advance()
     converted = sum(needs_png)
     if converted:
-        logger.info("Converting %d %s images of other formats to PNG", converted, split)
+        logger.info(
+            "Converting %d %s images to PNG: %d with an EXIF orientation applied, the others "
+            "of formats that TensorFlow cannot decode",
+            converted,
+            split,
+            rotated,
+        )
     return needs_png
+
+
+def _check_pixel_count(size: tuple[int, int], origin: str) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataPreparationError(
+            f"{origin} is {width} x {height} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+            "pixels (MAX_IMAGE_PIXELS). It was not decoded, because a small file with such a "
+            "header is a common decompression bomb. Downscale the image or remove the file."
+        )
 
 
 def _image_file_encoder(
@@ -1220,20 +1468,46 @@ def _image_file_encoder(
 
 
 def _convert_to_png(data: bytes, origin: str) -> bytes:
+    """Encode the image as PNG, upright by its EXIF orientation, with 8 or 16 bits per channel."""
     # NOTE: only the first frame of a multi-frame file (TIFF, animated WebP) is kept.
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            if image.mode not in _PNG_MODES:
-                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            image = ImageOps.exif_transpose(image)
+            image = _png_compatible(image, origin)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
+    except DataPreparationError:
+        raise
     except Exception as error:  # PIL plugins raise many exception types for broken files.
         raise DataPreparationError(
             f"{origin} could not be converted to PNG ({type(error).__name__}: {error}). Remove "
             "the file or replace it with a valid image."
         ) from error
     return buffer.getvalue()
+
+
+def _png_compatible(image: Image.Image, origin: str) -> Image.Image:
+    """Return `image` in a mode that PNG stores without losing the range of its values."""
+    if image.mode in _PNG_MODES:
+        return image
+    # PIL's convert("RGB") clips 16- and 32-bit values to 255 instead of scaling them, so
+    # 16-bit data is kept as a 16-bit PNG, which tf.io.decode_image scales to 8 bits.
+    if image.mode in _16_BIT_MODES or image.mode == "I":
+        pixels = np.asarray(image)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 0xFFFF):
+            raise DataPreparationError(
+                f"{origin} has 32-bit integer pixels outside 0..65535, which have no fixed "
+                "range to scale to 8 bits. Convert it to an 8- or 16-bit image."
+            )
+        return Image.fromarray(pixels.astype(np.uint16), mode="I;16")
+    if image.mode == "F":
+        raise DataPreparationError(
+            f"{origin} has floating-point pixels, which have no fixed range to scale to 8 "
+            "bits. Convert it to an 8- or 16-bit image."
+        )
+    # CMYK, YCbCr, LAB, HSV, PA and others: PIL's standard conversions.
+    return image.convert("RGBA" if "A" in image.getbands() else "RGB")
 
 
 # --- Splits and output -------------------------------------------------------------------
@@ -1277,6 +1551,8 @@ def _load_complete_output(folder: pathlib.Path, key: dict) -> PreparedData | Non
             "label_names.txt",
             *(shard for split in SPLITS for shard in manifest["shards"][split]),
         ]
+        # Manifests written before shard sizes were recorded have none to compare.
+        shard_bytes = {name: int(size) for name, size in manifest.get("shard_bytes", {}).items()}
         prepared = PreparedData(
             root=folder,
             label_names=tuple(manifest["label_names"]),
@@ -1285,7 +1561,7 @@ def _load_complete_output(folder: pathlib.Path, key: dict) -> PreparedData | Non
         )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         logger.warning("Ignoring %s, which is unreadable or invalid: %s", manifest_path, error)
         return None
 
@@ -1296,6 +1572,18 @@ def _load_complete_output(folder: pathlib.Path, key: dict) -> PreparedData | Non
     if missing:
         logger.warning("Ignoring %s, which is missing %s.", folder, ", ".join(missing))
         return None
+    for name, expected_size in shard_bytes.items():
+        size = (folder / name).stat().st_size
+        if size != expected_size:
+            logger.warning(
+                "Ignoring %s: %s has %d bytes, but manifest.json records %d, so the file is "
+                "truncated or was changed. The dataset is prepared again.",
+                folder,
+                folder / name,
+                size,
+                expected_size,
+            )
+            return None
     return prepared
 
 
@@ -1402,6 +1690,12 @@ def _build_output(
             "split_counts": {split: int(split_indices[split].size) for split in SPLITS},
             "class_counts": class_counts,
             "shards": shards,
+            # Sizes let a later run notice a truncated shard without reading it.
+            "shard_bytes": {
+                shard: (temporary / shard).stat().st_size
+                for split in SPLITS
+                for shard in shards[split]
+            },
             "features": {"image_raw": "bytes", "label": "int64"},
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"

@@ -11,6 +11,12 @@ Signatures:
 - serving_examples: `examples` (serialized tf.Example [batch] with image_raw)
   to the same outputs. TFMA's Evaluator calls this one.
 
+Both signatures raise InvalidArgumentError, naming the batch index, for an
+empty string, bytes of another format, and an image whose header claims more
+than MAX_IMAGE_PIXELS pixels. The size is read from the header before the
+image is decoded. An empty batch returns empty outputs. The EXIF orientation of a JPEG is
+ignored, as tf.io.decode_jpeg ignores it, so clients send upright pixels.
+
 `assets.extra/tf_serving_warmup_requests` contains Predict requests on real
 images, which TF Serving replays when it loads the model (write_warmup_requests).
 """
@@ -27,7 +33,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from components import transform
+from components import data_preparation, transform
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,13 @@ EXAMPLES_SIGNATURE = "serving_examples"
 IMAGE_BYTES_INPUT = "image_bytes"
 EXAMPLES_INPUT = "examples"
 OUTPUT_KEYS = ("probabilities", "class_id", "class_name")
+
+# Largest image served, in pixels (width x height), the same limit as data preparation. At the
+# limit, decoding and resizing one image takes about 250 MB (estimated: 3 bytes per pixel
+# decoded and 12 in float32), and tf.map_fn may decode several images of a batch at once.
+MAX_IMAGE_PIXELS = data_preparation.MAX_IMAGE_PIXELS
+
+_IMAGE_HINT = "Send the encoded bytes of a JPEG, PNG, GIF or BMP file."
 
 # TF Serving reads warmup requests from this file of the version folder, a
 # TFRecord file of PredictionLog protos. It fails the model load when there are
@@ -81,14 +94,29 @@ class ServingModule(tf.Module):
         self._raw_feature_spec = raw_spec
 
     def _classify(self, raw_features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        transformed = self.tft_layer(raw_features)
-        probabilities = self._predict(transformed[transform.TRANSFORMED_IMAGE_KEY])
-        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {
-            "probabilities": probabilities,
-            "class_id": class_id,
-            "class_name": tf.gather(self.label_names, class_id),
-        }
+        image_bytes = raw_features[transform.IMAGE_KEY]
+
+        def classify_batch() -> dict[str, tf.Tensor]:
+            checked = dict(raw_features)
+            checked[transform.IMAGE_KEY] = check_encoded_images(image_bytes)
+            transformed = self.tft_layer(checked)
+            probabilities = self._predict(transformed[transform.TRANSFORMED_IMAGE_KEY])
+            class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+            return {
+                "probabilities": probabilities,
+                "class_id": class_id,
+                "class_name": tf.gather(self.label_names, class_id),
+            }
+
+        def empty_outputs() -> dict[str, tf.Tensor]:
+            # ResNet50's batch normalization fails on an empty batch with a shape error.
+            return {
+                "probabilities": tf.zeros([0, tf.size(self.label_names)], tf.float32),
+                "class_id": tf.zeros([0], tf.int64),
+                "class_name": tf.zeros([0], tf.string),
+            }
+
+        return tf.cond(tf.size(image_bytes) > 0, classify_batch, empty_outputs)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def classify_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -97,6 +125,98 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def classify_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._classify(tf.io.parse_example(examples, self._raw_feature_spec))
+
+
+def check_encoded_images(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Return `image_bytes` [batch] once every image passes check_encoded_image."""
+    indices = tf.range(tf.size(image_bytes, out_type=tf.int64), dtype=tf.int64)
+    return tf.map_fn(
+        lambda pair: check_encoded_image(pair[0], pair[1]),
+        (image_bytes, indices),
+        fn_output_signature=tf.string,
+    )
+
+
+def check_encoded_image(encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Return `encoded` if it is a JPEG, PNG, GIF or BMP of at most MAX_IMAGE_PIXELS pixels.
+
+    Only the header is read, so an image that claims a huge size is never decoded. Raises
+    InvalidArgumentError naming the batch `index` otherwise.
+    """
+    # Zero padding lets the header fields be sliced from short inputs without an error.
+    header = tf.io.decode_raw(
+        tf.strings.substr(tf.strings.join([encoded, tf.constant(b"\0" * 26)]), 0, 26), tf.uint8
+    )
+    byte = tf.cast(header, tf.int64)
+    magic = tf.strings.substr(encoded, 0, 4)
+    is_jpeg = tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff"
+    is_png = magic == b"\x89PNG"
+    is_gif = magic == b"GIF8"
+    is_bmp = tf.strings.substr(magic, 0, 2) == b"BM"
+
+    def header_number(positions: list[int]) -> tf.Tensor:
+        # Unsigned integer of the header bytes at `positions`, most significant byte first.
+        value = tf.constant(0, tf.int64)
+        for position in positions:
+            value = value * 256 + byte[position]
+        return value
+
+    def png_size() -> tf.Tensor:
+        # Big-endian width and height in the IHDR chunk, which PNG requires first.
+        return tf.stack([header_number([16, 17, 18, 19]), header_number([20, 21, 22, 23])])
+
+    def gif_size() -> tf.Tensor:
+        # Little-endian 16-bit width and height of the logical screen.
+        return tf.stack([header_number([7, 6]), header_number([9, 8])])
+
+    def bmp_size() -> tf.Tensor:
+        # BITMAPINFOHEADER: little-endian int32 width and height. A negative height means
+        # rows stored top-down.
+        height = header_number([25, 24, 23, 22])
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return tf.stack([header_number([21, 20, 19, 18]), height])
+
+    def jpeg_size() -> tf.Tensor:
+        shape = tf.cast(tf.io.extract_jpeg_shape(encoded), tf.int64)
+        return tf.stack([shape[1], shape[0]])
+
+    size = tf.case(
+        [
+            (is_jpeg, jpeg_size),
+            (is_png, png_size),
+            (is_gif, gif_size),
+            (is_bmp, bmp_size),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+    )
+    width, height = size[0], size[1]
+    # Each side is checked first, so that the product cannot overflow int64.
+    within_limit = (
+        (width <= MAX_IMAGE_PIXELS)
+        & (height <= MAX_IMAGE_PIXELS)
+        & (width * height <= MAX_IMAGE_PIXELS)
+    )
+    known_format = is_jpeg | is_png | is_gif | is_bmp
+    length = tf.strings.length(encoded)
+    empty_message = tf.strings.format(
+        "Image {} of the batch is an empty string. " + _IMAGE_HINT, [index]
+    )
+    format_message = tf.strings.format(
+        "Image {} of the batch ({} bytes) is not a JPEG, PNG, GIF or BMP image. " + _IMAGE_HINT,
+        [index, length],
+    )
+    size_message = tf.strings.format(
+        "Image {} of the batch is {} x {} pixels, more than the limit of {} pixels, so it was "
+        "not decoded. Downscale the image before sending it.",
+        [index, width, height, MAX_IMAGE_PIXELS],
+    )
+    checks = [
+        tf.debugging.Assert(length > 0, [empty_message]),
+        tf.debugging.Assert((length == 0) | known_format, [format_message]),
+        tf.debugging.Assert(within_limit, [size_message]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(encoded)
 
 
 def export_serving_model(

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import threading
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ import tensorflow as tf
 from conftest import CIFAR10_ARCHIVE as CIFAR_IMAGES_ARCHIVE
 from conftest import LABEL_NAMES as CIFAR_CLASSES
 from conftest import REPO_ROOT
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from components import data_preparation as dp
 from components import staging
@@ -739,6 +740,363 @@ def test_empty_eval_split_rejected(tmp_path):
 def test_read_label_names_missing_file(tmp_path):
     with pytest.raises(dp.DataPreparationError, match="label_names.txt"):
         dp.read_label_names(tmp_path)
+
+
+# --- Image edge cases --------------------------------------------------------------------
+
+
+def decoded_images(root: pathlib.Path, splits=("train", "eval")) -> list[tuple[bytes, np.ndarray]]:
+    """Return (image_raw, pixels) of the splits, decoded as Transform decodes them."""
+    examples = [example for split in splits for example in read_split(root, split)]
+    return [
+        (image_raw, tf.io.decode_image(image_raw, channels=3, expand_animations=False).numpy())
+        for image_raw, _ in examples
+    ]
+
+
+def image_with_shape(decoded: list[tuple[bytes, np.ndarray]], shape: tuple) -> np.ndarray:
+    [pixels] = [pixels for _, pixels in decoded if pixels.shape == shape]
+    return pixels
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """Return a PNG whose header claims width x height pixels, followed by too little data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return len(data).to_bytes(4, "big") + kind + data + crc.to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_images_scaled_not_clipped(tmp_path):
+    values = np.array([0, 1000, 32896, 65535], dtype=np.uint16)
+    gray_buffer = io.BytesIO()
+    Image.fromarray(values.reshape(1, 4), mode="I;16").save(gray_buffer, format="PNG")
+    tiff_buffer = io.BytesIO()
+    Image.fromarray(np.tile(values, (3, 1)).astype(">u2"), mode="I;16B").save(
+        tiff_buffer, format="TIFF"
+    )
+    rgb = np.stack([values, values, values], axis=-1).reshape(2, 2, 3)
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["train/a/gray16.png"] = gray_buffer.getvalue()
+    files["train/a/gray16.tif"] = tiff_buffer.getvalue()
+    files["train/b/rgb16.png"] = tf.io.encode_png(rgb).numpy()
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.2)
+
+    decoded = decoded_images(prepared.root)
+    # 16-bit values scale to their high byte; clipping would turn 1000 into 255.
+    expected = [0, 3, 128, 255]
+    gray = image_with_shape(decoded, (1, 4, 3))
+    assert gray[0, :, 0].tolist() == expected
+    tiff = image_with_shape(decoded, (3, 4, 3))
+    assert tiff[0, :, 0].tolist() == expected
+    assert tiff[:, :, 1].tolist() == tiff[:, :, 0].tolist()
+    rgb_decoded = image_with_shape(decoded, (2, 2, 3))
+    assert rgb_decoded[:, :, 2].reshape(-1).tolist() == expected
+
+
+def test_cmyk_jpeg_decoded_as_rgb(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("CMYK", (8, 6), (0, 128, 255, 0)).save(buffer, format="JPEG", quality=95)
+    cmyk = buffer.getvalue()
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["train/a/cmyk.jpg"] = cmyk
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.2)
+
+    decoded = decoded_images(prepared.root)
+    # The JPEG bytes are kept: TensorFlow's JPEG decoder converts CMYK to RGB, in Transform
+    # and in the serving signature alike.
+    assert cmyk in [image_raw for image_raw, _ in decoded]
+    pixels = image_with_shape(decoded, (6, 8, 3))
+    np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), [255, 127, 0], atol=3)
+
+
+def test_exif_rotation_applied(tmp_path):
+    # Red left half and blue right half, 16 x 8, shown rotated 90 degrees clockwise
+    # (EXIF orientation 6), so that the upright image is 8 x 16 with red on top.
+    pixels = np.zeros((8, 16, 3), dtype=np.uint8)
+    pixels[:, :8] = (255, 0, 0)
+    pixels[:, 8:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif)
+    rotated_jpeg = buffer.getvalue()
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["train/a/rotated.jpg"] = rotated_jpeg
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.2)
+
+    decoded = decoded_images(prepared.root)
+    [(image_raw, upright)] = [(raw, pixels) for raw, pixels in decoded if pixels.shape[0] == 16]
+    assert Image.open(io.BytesIO(image_raw)).format == "PNG"
+    with Image.open(io.BytesIO(rotated_jpeg)) as original:
+        expected = np.asarray(ImageOps.exif_transpose(original).convert("RGB"))
+    np.testing.assert_array_equal(upright, expected)
+    np.testing.assert_allclose(upright[:6].reshape(-1, 3).mean(axis=0), [255, 0, 0], atol=8)
+    np.testing.assert_allclose(upright[-6:].reshape(-1, 3).mean(axis=0), [0, 0, 255], atol=8)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected_text"),
+    [
+        # Above MAX_IMAGE_PIXELS but below PIL's own limit: rejected by this module's check.
+        (5000, 5000, "is 5000 x 5000 pixels, more than the limit of 16777216 pixels"),
+        # Above PIL's limit, which Image.open enforces before the size can be read.
+        (20000, 20000, "is larger than the limit of 16777216 pixels"),
+    ],
+)
+def test_decompression_bomb_rejected_before_decoding(tmp_path, width, height, expected_text):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    # The file contains almost no pixel data: decoding it would fail with another error.
+    files["train/b/bomb.png"] = png_header_claiming(width, height)
+    folder = write_folder(tmp_path / "images", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    message = str(error.value)
+    assert str(folder / "train" / "b" / "bomb.png") in message
+    assert expected_text in message
+    assert "Downscale the image" in message
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_large_image_kept_and_resized_in_transform(tmp_path):
+    from components import transform
+
+    gradient = Image.linear_gradient("L").resize((4000, 3000))
+    buffer = io.BytesIO()
+    Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_180), gradient)).save(
+        buffer, format="JPEG", quality=80
+    )
+    large_jpeg = buffer.getvalue()
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["test/b/large.jpg"] = large_jpeg
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    test_images = [image_raw for image_raw, _ in read_split(prepared.root, "test")]
+    assert large_jpeg in test_images
+    resized = transform.decode_and_resize(tf.constant([large_jpeg]), 32).numpy()
+    assert resized.shape == (1, 32, 32, 3)
+    # The gradient runs from black at the top to white at the bottom.
+    assert resized[0, 0, :, 0].mean() < 0.1
+    assert resized[0, -1, :, 0].mean() > 0.9
+
+
+def test_zero_byte_image_rejected_by_path(tmp_path):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files["test/a/empty.jpg"] = b""
+    folder = write_folder(tmp_path / "images", files)
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    assert str(folder / "test" / "a" / "empty.jpg") in str(error.value)
+    assert "is empty (0 bytes)" in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_hidden_and_non_image_files_skipped(tmp_path, caplog, container):
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    skipped = {
+        "train/a/.DS_Store": b"\x00\x00\x00\x01Bud1",
+        "train/a/._0.png": b"\x00\x05\x16\x07 AppleDouble metadata",
+        "train/b/README.txt": b"Images of class b.",
+        "test/b/Thumbs.db": b"\xd0\xcf\x11\xe0 thumbnail cache",
+    }
+    source = tmp_path / "images"
+    if container == "zip":
+        source = write_zip(tmp_path / "images.zip", {**files, **skipped})
+    else:
+        write_folder(source, {**files, **skipped})
+    caplog.set_level("WARNING", logger=dp.__name__)
+
+    prepared = dp.prepare_dataset(str(source), tmp_path / "data", eval_fraction=0.5)
+
+    assert prepared.split_counts == {"train": 4, "eval": 4, "test": 8}
+    written = [image for split in dp.SPLITS for image, _ in read_split(prepared.root, split)]
+    assert sorted(written) == sorted(files.values())
+    messages = [record.getMessage() for record in caplog.records]
+    [message] = [text for text in messages if "Skipping 4 hidden or non-image files" in text]
+    for name in ("train/a/.DS_Store", "train/a/._0.png", "train/b/README.txt", "test/b/Thumbs.db"):
+        assert repr(name) in message
+
+
+@pytest.mark.parametrize("container", ["folder", "tar", "zip"])
+def test_non_ascii_names_kept(tmp_path, container):
+    files = {}
+    for split in ("train", "test"):
+        for number, color in enumerate(((10, 20, 30), (40, 50, 60))):
+            shade = (color[0], color[1], 100 if split == "train" else 200)
+            files[f"{split}/chat_é/ñ{number}.png"] = png_bytes(shade)
+            files[f"{split}/猫/{number}.jpg"] = png_bytes(shade[::-1], "JPEG")
+    if container == "tar":
+        source = write_tar(tmp_path / "naïve.tar.gz", files)
+    elif container == "zip":
+        source = write_zip(tmp_path / "naïve.zip", files)
+    else:
+        source = write_folder(tmp_path / "données", files)
+
+    prepared = dp.prepare_dataset(str(source), tmp_path / "data", eval_fraction=0.5)
+
+    assert prepared.label_names == ("chat_é", "猫")
+    assert dp.read_label_names(prepared.root) == ("chat_é", "猫")
+    expected = collections.Counter(
+        (data, 0 if "/chat_é/" in name else 1)
+        for name, data in files.items()
+        if name.startswith("test/")
+    )
+    assert collections.Counter(read_split(prepared.root, "test")) == expected
+
+
+@pytest.mark.parametrize(
+    ("names", "expected_texts"),
+    [
+        (["train/a/0.png"], ["has a train/ folder in", "but no test/ folder"]),
+        (["Train/a/0.png", "Test/a/0.png"], ["has Test/, Train/ in", "case-sensitive"]),
+        (["Train/a/0.png", "test/a/0.png"], ["has Train/ in", "Rename the folders"]),
+        (["cifar/Train/a/0.png", "cifar/Test/a/0.png"], ["Test/, Train/ in", "cifar"]),
+        (
+            ["data/cifar/train/a/0.png", "data/cifar/test/a/0.png"],
+            ["at the top or inside one top-level folder", "Top-level entries found: data"],
+        ),
+    ],
+)
+def test_unexpected_layout_rejected_naming_folders(tmp_path, names, expected_texts):
+    archive = write_tar(tmp_path / "layout.tar.gz", {name: png_bytes((1, 2, 3)) for name in names})
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.prepare_dataset(str(archive), tmp_path / "data")
+
+    for text in expected_texts:
+        assert text in str(error.value)
+    assert os.listdir(tmp_path / "data") == []
+
+
+# --- Prepared output faults --------------------------------------------------------------
+
+
+def test_truncated_shard_prepared_again(tmp_path, caplog):
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    first = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+    [shard] = (first.root / "train").iterdir()
+    complete = shard.read_bytes()
+    shard.write_bytes(complete[: len(complete) // 2])
+    caplog.set_level("WARNING", logger=dp.__name__)
+
+    second = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+    assert second.reused is False
+    assert second.root == first.root
+    assert shard.read_bytes() == complete
+    assert len(read_split(second.root, "train")) == 4
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"{shard} has {len(complete) // 2} bytes" in text for text in messages)
+
+
+def write_records(path: pathlib.Path, records: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def example_with_label(label: tf.train.Feature) -> bytes:
+    features = {
+        "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes((1, 2, 3))])),
+        "label": label,
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+@pytest.fixture
+def prepared_small(tmp_path) -> dp.PreparedData:
+    folder = write_folder(
+        tmp_path / "images", small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    )
+    return dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.5)
+
+
+def test_verify_accepts_prepared_dataset(prepared_small, capsys):
+    counts = dp.verify_prepared_dataset(prepared_small.root)
+    exit_code = dp.main(["--verify", str(prepared_small.root)])
+
+    assert counts == prepared_small.split_counts
+    assert exit_code == 0
+    assert "train=4, eval=4, test=8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("keep_manifest", "expected_text"),
+    [
+        (True, "but manifest.json records"),
+        (False, "is truncated or corrupt: record 7 (counted from 0) cannot be read"),
+    ],
+)
+def test_verify_rejects_truncated_shard(prepared_small, capsys, keep_manifest, expected_text):
+    [shard] = (prepared_small.root / "test").iterdir()
+    shard.write_bytes(shard.read_bytes()[:-40])
+    if not keep_manifest:
+        (prepared_small.root / "manifest.json").unlink()
+
+    exit_code = dp.main(["--verify", str(prepared_small.root)])
+
+    error = capsys.readouterr().err
+    assert exit_code == 2
+    assert str(shard) in error
+    assert expected_text in error
+    assert "Copy the" in error
+
+
+@pytest.mark.parametrize(
+    ("label", "expected_text"),
+    [
+        (tf.train.Feature(float_list=tf.train.FloatList(value=[1.0])), "label of type float_list"),
+        (tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"1"])), "label of type bytes_list"),
+        (tf.train.Feature(int64_list=tf.train.Int64List(value=[2])), "has label 2, but"),
+    ],
+    ids=["float", "bytes", "outside_labels"],
+)
+def test_verify_rejects_bad_label(prepared_small, label, expected_text):
+    good = example_with_label(tf.train.Feature(int64_list=tf.train.Int64List(value=[1])))
+    [shard] = (prepared_small.root / "eval").iterdir()
+    write_records(shard, [good, example_with_label(label)])
+    (prepared_small.root / "manifest.json").unlink()
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.verify_prepared_dataset(prepared_small.root)
+
+    assert f"{shard} record 1 " in str(error.value)
+    assert expected_text in str(error.value)
+
+
+def test_verify_rejects_split_without_examples(prepared_small):
+    [shard] = (prepared_small.root / "eval").iterdir()
+    write_records(shard, [])
+    (prepared_small.root / "manifest.json").unlink()
+
+    with pytest.raises(dp.DataPreparationError) as error:
+        dp.verify_prepared_dataset(prepared_small.root)
+
+    assert f"The eval split in {prepared_small.root}/eval/ has no examples" in str(error.value)
 
 
 # --- Command line ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import keras
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import LABEL_NAMES, jpeg_bytes, serialized_example
+from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
 from components import exporter, model
@@ -178,3 +180,102 @@ def test_warmup_rejects_undecodable_image(tmp_path, real_images):
 def test_warmup_rejects_empty_image_list(tmp_path):
     with pytest.raises(ValueError, match="at least one image"):
         exporter.write_warmup_requests(str(tmp_path), [])
+
+
+# --- Edge inputs of the serving signatures -----------------------------------------------
+
+
+def image_claiming_size(image_format: str, width: int, height: int) -> bytes:
+    """Return a 16 x 16 image whose header is edited to claim width x height pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(buffer, format=image_format)
+    data = bytearray(buffer.getvalue())
+    if image_format == "JPEG":
+        start = data.index(b"\xff\xc0") + 5  # SOF0: length (2), precision (1), height, width
+        data[start : start + 4] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    elif image_format == "PNG":
+        data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    elif image_format == "GIF":
+        data[6:10] = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    else:
+        data[18:26] = width.to_bytes(4, "little") + height.to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def loaded_export(export_dir):
+    return tf.saved_model.load(export_dir)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "GIF", "BMP"])
+def test_image_header_size_checked_before_decoding(image_format):
+    # 5000 x 4000 pixels is above the limit. The edited files contain 16 x 16 pixels of data,
+    # so a decode would fail with another message.
+    oversized = image_claiming_size(image_format, 5000, 4000)
+    within_limit = image_claiming_size(image_format, 16, 16)
+
+    checked = exporter.check_encoded_images(tf.constant([within_limit]))
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        exporter.check_encoded_images(tf.constant([within_limit, oversized]))
+
+    assert checked.numpy().tolist() == [within_limit]
+    limit = exporter.MAX_IMAGE_PIXELS
+    assert f"Image 1 of the batch is 5000 x 4000 pixels, more than the limit of {limit}" in (
+        error.value.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad_image", "expected_text"),
+    [
+        (b"", "Image 1 of the batch is an empty string"),
+        (b"plain text, not an image", "Image 1 of the batch (24 bytes) is not a JPEG, PNG"),
+        (image_claiming_size("JPEG", 20000, 20000), "is 20000 x 20000 pixels, more than"),
+    ],
+    ids=["empty", "not_an_image", "oversized"],
+)
+@pytest.mark.parametrize("signature", [exporter.SERVING_SIGNATURE, exporter.EXAMPLES_SIGNATURE])
+def test_serving_rejects_bad_image(loaded_export, real_images, bad_image, expected_text, signature):
+    batch = [real_images[0][0], bad_image]
+    serve = loaded_export.signatures[signature]
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        if signature == exporter.SERVING_SIGNATURE:
+            serve(image_bytes=tf.constant(batch))
+        else:
+            serve(examples=tf.constant([serialized_example(image) for image in batch]))
+
+    assert expected_text in error.value.message
+
+
+@pytest.mark.parametrize("signature", [exporter.SERVING_SIGNATURE, exporter.EXAMPLES_SIGNATURE])
+def test_serving_empty_batch_returns_empty_outputs(loaded_export, signature):
+    serve = loaded_export.signatures[signature]
+    input_name = (
+        exporter.IMAGE_BYTES_INPUT
+        if signature == exporter.SERVING_SIGNATURE
+        else exporter.EXAMPLES_INPUT
+    )
+
+    outputs = serve(**{input_name: tf.constant([], dtype=tf.string)})
+
+    assert outputs["probabilities"].shape == (0, len(LABEL_NAMES))
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["class_id"].shape == (0,)
+    assert outputs["class_id"].dtype == tf.int64
+    assert outputs["class_name"].shape == (0,)
+    assert outputs["class_name"].dtype == tf.string
+
+
+def test_serving_resizes_large_image(loaded_export, real_images):
+    # 3000 x 3000 is 9 million pixels, below the limit of 16.8 million.
+    gradient = Image.linear_gradient("L").resize((3000, 3000))
+    buffer = io.BytesIO()
+    Image.merge("RGB", (gradient, gradient, gradient)).save(buffer, format="JPEG", quality=80)
+    serve = loaded_export.signatures[exporter.SERVING_SIGNATURE]
+
+    outputs = serve(image_bytes=tf.constant([buffer.getvalue(), real_images[0][0]]))
+
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.shape == (2, len(LABEL_NAMES))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

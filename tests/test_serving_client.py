@@ -269,12 +269,12 @@ def test_non_image_file_returns_error(
         str(not_image),
     )
 
-    # The SavedModel's decode op fails, so the whole request fails, the
+    # The SavedModel's input check fails, so the whole request fails, the
     # real image included.
     assert status == 1
     assert out == ""
     assert status_text in err
-    assert "Unknown image file format" in err
+    assert "Image 1 of the batch (26 bytes) is not a JPEG, PNG, GIF or BMP image" in err
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
@@ -363,7 +363,7 @@ def test_failing_warmup_fails_load(model_base, tmp_path):
         writer.write(log.SerializeToString())
 
     with pytest.raises(
-        ModelLoadError, match="(?s)Warmup of cifar10 version 1 failed: .*Unknown image"
+        ModelLoadError, match="(?s)Warmup of cifar10 version 1 failed: .*is not a JPEG, PNG"
     ):
         ServingStandIn(MODEL_NAME, str(tmp_path / MODEL_NAME))
 
