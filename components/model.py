@@ -161,8 +161,15 @@ def load_weights_file(base: keras.Model, path: str) -> None:
     """Load a Keras weights file into the base model, with a clear error on mismatch."""
     if not os.path.isfile(path):
         raise BaseWeightsError(f"Base weights file {path!r} does not exist.")
+    # Keras 3 weight files key each layer by its class, so a file saved from
+    # keras.applications.ResNet50 loads into the same plain model, whose
+    # weights then go across in order (FusedBatchNormalization keeps Keras'
+    # order of gamma, beta and moving statistics).
+    reference = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=base.input_shape[1:], pooling="avg"
+    )
     try:
-        base.load_weights(path)
+        reference.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
         # Keras' message can list every layer of the file; its start is enough.
         reason = str(error)
@@ -174,6 +181,7 @@ def load_weights_file(base: keras.Model, path: str) -> None:
             "keras.applications.ResNet50(include_top=False), e.g. with "
             "base.save_weights('resnet50.weights.h5')."
         ) from error
+    base.set_weights(reference.get_weights())
 
 
 def check_weights_file(path: str, image_size: int) -> None:

@@ -9,6 +9,8 @@ split never reaches this file.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import math
@@ -19,6 +21,7 @@ import time
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
@@ -87,6 +90,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             "set fine_tune_epochs to at least 1."
         )
 
+    # Backups of finished epochs live outside this execution's folders, under a
+    # key of the inputs and configuration, so the execution that reruns an
+    # interrupted one finds them.
+    backup_dir = backup_folder(fn_args, config, label_names, custom_config.get("backup_root"))
     history: dict[str, Any] = {}
     for name, epochs, rate, unfreeze in phases:
         if unfreeze:
@@ -94,6 +101,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             logger.info("Phase %s: %d base layers trainable.", name, trainable)
         else:
             base.trainable = False
+        finished = load_finished_phase(classifier, backup_dir, name)
+        if finished is not None:
+            history[name] = finished
+            continue
         history[name] = train_phase(
             classifier,
             name,
@@ -105,9 +116,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             eval_dataset,
             config,
             fn_args.model_run_dir,
+            backup_dir,
             strategy,
             chief,
         )
+        if chief:
+            save_finished_phase(classifier, backup_dir, name, history[name])
 
     # Every worker of a multi-worker strategy takes part in saving, but only
     # the chief's export is kept.
@@ -140,6 +154,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         ", ".join(sorted(outputs)),
         outputs[exporter.SERVING_SIGNATURE]["class_name"][0].decode(),
     )
+    # The model is exported: the backups have served their purpose.
+    if tf.io.gfile.exists(backup_dir):
+        tf.io.gfile.rmtree(backup_dir)
 
 
 def load_base_weights(
@@ -181,6 +198,7 @@ def train_phase(
     eval_dataset: tf.data.Dataset,
     config: TrainingConfig,
     model_run_dir: str,
+    backup_dir: str,
     strategy: tf.distribute.Strategy,
     chief: bool = True,
 ) -> dict[str, list[float]]:
@@ -209,8 +227,9 @@ def train_phase(
         ),
         epoch_logger,
     ]
+    backup = EpochBackup(os.path.join(backup_dir, name), epoch_logger)
     if chief:
-        callbacks += chief_callbacks(name, model_run_dir)
+        callbacks += chief_callbacks(name, model_run_dir) + [backup]
     logger.info(
         "Phase %s: %d epochs of %d steps, batch %d, peak learning rate %g.",
         name,
@@ -246,20 +265,154 @@ def train_phase(
         )
         history = {key: [float(v) for v in values] for key, values in result.history.items()}
     history["images_per_second"] = epoch_logger.images_per_second
-    return history
+    # Epochs restored from a backup come first.
+    return {key: backup.restored_history.get(key, []) + values for key, values in history.items()}
 
 
 def chief_callbacks(phase: str, model_run_dir: str) -> list[keras.callbacks.Callback]:
-    """TensorBoard logs, a checkpoint per epoch, and a backup to resume an interrupted phase."""
+    """TensorBoard logs and a checkpoint per epoch in this execution's folder."""
     return [
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "logs", phase)),
         keras.callbacks.ModelCheckpoint(
             os.path.join(model_run_dir, "checkpoints", phase + "-epoch{epoch:03d}.weights.h5"),
             save_weights_only=True,
         ),
-        # Restores the last finished epoch if this execution is restarted.
-        keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup", phase)),
     ]
+
+
+def backup_folder(
+    fn_args: tfx.components.FnArgs,
+    config: TrainingConfig,
+    label_names: tuple[str, ...],
+    backup_root: str | None,
+) -> str:
+    """Folder of this training's epoch backups.
+
+    Under `backup_root` (set by the pipeline) the folder is named after a
+    digest of everything that decides the training: example files, Transform
+    graph, base model, configuration and classes. A rerun of an interrupted
+    execution has the same inputs, so it finds the backups; any change starts
+    afresh. Without a root the backups stay in this execution's folder.
+    """
+    if not backup_root:
+        return os.path.join(fn_args.model_run_dir, "backup")
+    key = {
+        "train_files": sorted(fn_args.train_files),
+        "eval_files": sorted(fn_args.eval_files),
+        "transform_output": fn_args.transform_output,
+        "base_model": fn_args.base_model or "",
+        "training": config.to_custom_config(),
+        "label_names": list(label_names),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(backup_root, digest)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up each finished epoch of a phase and resumes from the last one.
+
+    Like keras.callbacks.BackupAndRestore, which writes its weights and epoch
+    number in place, one after the other: a process killed between or during
+    those writes leaves a backup that fails to load or names the wrong epoch.
+    Here each epoch goes to a hidden folder that is renamed into place once
+    complete, with the optimizer's state (so the learning-rate schedule goes
+    on where it stopped) and the epochs' metrics. Early stopping's count of
+    epochs without improvement starts again on resume.
+    """
+
+    WEIGHTS_FILE = "model.weights.h5"
+    STATE_FILE = "state.json"
+
+    def __init__(self, folder: str, epoch_logger: EpochLogger):
+        super().__init__()
+        self.folder = folder
+        self._epoch_logger = epoch_logger
+        self._history: dict[str, list[float]] = {}
+        # Metrics of the epochs restored from a backup, keyed like Keras' History.
+        self.restored_history: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        latest = self._latest_backup()
+        if latest is None:
+            return
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            # The optimizer's variables must exist before its state is loaded.
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(latest, self.WEIGHTS_FILE))
+        with tf.io.gfile.GFile(os.path.join(latest, self.STATE_FILE)) as handle:
+            state = json.load(handle)
+        # fit() reads _initial_epoch, as it does for Keras' BackupAndRestore.
+        self.model._initial_epoch = state["epoch"]
+        self.restored_history = state["history"]
+        self._history = {key: list(values) for key, values in state["history"].items()}
+        logger.info("Resuming after epoch %d from the backup in %s.", state["epoch"], latest)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self._history.setdefault(key, []).append(float(value))
+        speeds = self._epoch_logger.images_per_second
+        if speeds:
+            self._history.setdefault("images_per_second", []).append(speeds[-1])
+        staging = os.path.join(self.folder, f".epoch-{epoch + 1:04d}.tmp")
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+        tf.io.gfile.makedirs(staging)
+        self.model.save_weights(os.path.join(staging, self.WEIGHTS_FILE))
+        write_json(
+            os.path.join(staging, self.STATE_FILE),
+            {"epoch": epoch + 1, "history": self._history},
+        )
+        tf.io.gfile.rename(staging, os.path.join(self.folder, f"epoch-{epoch + 1:04d}"))
+        for older in self._complete_backups()[:-1]:
+            tf.io.gfile.rmtree(older)
+
+    def _complete_backups(self) -> list[str]:
+        if not tf.io.gfile.isdir(self.folder):
+            return []
+        names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(self.folder))
+        return [os.path.join(self.folder, name) for name in names if name.startswith("epoch-")]
+
+    def _latest_backup(self) -> str | None:
+        backups = self._complete_backups()
+        return backups[-1] if backups else None
+
+
+def save_finished_phase(
+    classifier: keras.Model, backup_dir: str, phase: str, history: dict[str, list[float]]
+) -> None:
+    """Keep a finished phase's weights and metrics, so a rerun skips the phase."""
+    staging = os.path.join(backup_dir, f".{phase}-finished.tmp")
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    tf.io.gfile.makedirs(staging)
+    # np.savez seeks in its file, which GFile's write mode does not allow.
+    buffer = io.BytesIO()
+    np.savez(buffer, *classifier.get_weights())
+    with tf.io.gfile.GFile(os.path.join(staging, "weights.npz"), "wb") as handle:
+        handle.write(buffer.getvalue())
+    write_json(os.path.join(staging, HISTORY_FILE), history)
+    tf.io.gfile.rename(staging, os.path.join(backup_dir, f"{phase}-finished"))
+    # The epoch backups of this phase are superseded.
+    epochs = os.path.join(backup_dir, phase)
+    if tf.io.gfile.exists(epochs):
+        tf.io.gfile.rmtree(epochs)
+
+
+def load_finished_phase(
+    classifier: keras.Model, backup_dir: str, phase: str
+) -> dict[str, list[float]] | None:
+    """Restore a phase an interrupted execution finished; return its metrics, or None."""
+    folder = os.path.join(backup_dir, f"{phase}-finished")
+    if not tf.io.gfile.exists(folder):
+        return None
+    with tf.io.gfile.GFile(os.path.join(folder, "weights.npz"), "rb") as handle:
+        arrays = np.load(io.BytesIO(handle.read()))
+        classifier.set_weights([arrays[f"arr_{index}"] for index in range(len(arrays.files))])
+    with tf.io.gfile.GFile(os.path.join(folder, HISTORY_FILE)) as handle:
+        history = json.load(handle)
+    logger.info("Phase %s finished in an earlier execution; restored from %s.", phase, folder)
+    return history
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

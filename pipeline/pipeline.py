@@ -18,6 +18,8 @@ from components.report import RunReport
 from pipeline import config as cfg
 
 SCHEMA_FILE = "schema.pbtxt"
+# Folder under the pipeline root of the Trainer's epoch backups (components/trainer.py).
+TRAINER_BACKUPS_FOLDER = "trainer_backups"
 
 
 def schema_path(schema_dir: str) -> str:
@@ -164,6 +166,8 @@ def create_pipeline(config: cfg.PipelineConfig) -> tfx.dsl.Pipeline:
         custom_config={
             "training": training.to_custom_config(),
             "label_names": list(config.label_names),
+            # Epoch backups that a rerun of an interrupted Trainer resumes from.
+            "backup_root": os.path.join(config.pipeline_root, TRAINER_BACKUPS_FOLDER),
         },
         **trainer_inputs,
     )

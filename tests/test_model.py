@@ -158,3 +158,57 @@ def test_pretrained_fine_tuning_keeps_batch_norm_frozen(classifier_and_base):
     assert batch_norms
     assert not any(layer.trainable for layer in batch_norms)
     assert base.get_layer("conv5_block3_3_conv").trainable
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_keras_layer(training):
+    """Outputs, gradients and moving statistics equal those of keras' BatchNormalization."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    inputs = tf.constant(rng.uniform(1.0, 4.0, (16, 8, 8, 32)).astype("float32"))
+    upstream = tf.constant(rng.standard_normal((16, 8, 8, 32)).astype("float32"))
+    reference = keras.layers.BatchNormalization(axis=3, momentum=0.9)
+    fused = model.FusedBatchNormalization(axis=3, momentum=0.9)
+    reference.build(inputs.shape)
+    fused.build(inputs.shape)
+    fused.set_weights([rng.uniform(0.5, 1.5, 32).astype("float32") for _ in range(4)])
+    reference.set_weights(fused.get_weights())
+    initial_moving_mean = fused.moving_mean.numpy().copy()
+
+    results = []
+    for layer in (reference, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=training)
+            loss = tf.reduce_sum(outputs * upstream)
+        gradients = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+        results.append((outputs, gradients, layer.get_weights()))
+
+    (outputs, gradients, weights), (fused_outputs, fused_gradients, fused_weights) = results
+    np.testing.assert_allclose(fused_outputs, outputs, rtol=1e-5, atol=1e-5)
+    for gradient, fused_gradient in zip(gradients, fused_gradients, strict=True):
+        np.testing.assert_allclose(fused_gradient, gradient, rtol=1e-4, atol=1e-4)
+    for weight, fused_weight in zip(weights, fused_weights, strict=True):
+        np.testing.assert_allclose(fused_weight, weight, rtol=1e-6, atol=1e-6)
+    # Training must move the moving statistics, or their comparison proves nothing.
+    assert training == (not np.allclose(fused.moving_mean.numpy(), initial_moving_mean))
+
+
+def test_base_model_uses_fused_batch_norm_and_loads_keras_weights(classifier_and_base, tmp_path):
+    """Every batch norm of the base is fused, and plain Keras ResNet50 weights load into it."""
+    _, base = classifier_and_base
+    batch_norms = [layer for layer in base.layers if "BatchNormalization" in type(layer).__name__]
+    assert len(batch_norms) == 53
+    assert all(isinstance(layer, model.FusedBatchNormalization) for layer in batch_norms)
+
+    plain = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = str(tmp_path / "plain.weights.h5")
+    plain.save_weights(path)
+    model.load_weights_file(base, path)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        base(images, training=False), plain(images, training=False), atol=1e-4
+    )
