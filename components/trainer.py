@@ -32,6 +32,7 @@ from pipeline.config import (
     BASE_WEIGHTS_BLESSED,
     BASE_WEIGHTS_IMAGENET,
     BASE_WEIGHTS_NONE,
+    OPTIMIZER_SGD,
     STRATEGY_DEFAULT,
     STRATEGY_MIRRORED,
     STRATEGY_MULTI_WORKER,
@@ -216,7 +217,7 @@ def train_phase(
     )
     with strategy.scope():
         classifier.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=schedule),
+            optimizer=make_optimizer(config, schedule),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
@@ -267,6 +268,23 @@ def train_phase(
     history["images_per_second"] = epoch_logger.images_per_second
     # Epochs restored from a backup come first.
     return {key: backup.restored_history.get(key, []) + values for key, values in history.items()}
+
+
+def make_optimizer(
+    config: TrainingConfig, schedule: keras.optimizers.schedules.LearningRateSchedule
+) -> keras.optimizers.Optimizer:
+    """Adam, or SGD with Nesterov momentum, as TrainingConfig.optimizer says."""
+    # Keras 3 applies weight_decay decoupled from the gradient (AdamW's rule);
+    # None keeps the decay step out of the graph.
+    weight_decay = config.weight_decay or None
+    if config.optimizer == OPTIMIZER_SGD:
+        return keras.optimizers.SGD(
+            learning_rate=schedule,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=weight_decay,
+        )
+    return keras.optimizers.Adam(learning_rate=schedule, weight_decay=weight_decay)
 
 
 def chief_callbacks(phase: str, model_run_dir: str) -> list[keras.callbacks.Callback]:
@@ -533,19 +551,24 @@ def make_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.with_options(options)
     if training and config.augment:
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda images, labels: (augment(images, config.shift_pixels), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Flip each image horizontally at random and shift it by up to 4 pixels."""
-    size = tf.shape(images)[1]
+def augment(images: tf.Tensor, shift_pixels: int) -> tf.Tensor:
+    """Flip each image of the batch horizontally at random and shift it by up to `shift_pixels`."""
     images = tf.image.random_flip_left_right(images)
-    padded = tf.pad(images, [[0, 0], [4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    images = tf.map_fn(
+    if shift_pixels == 0:
+        return images
+    size = tf.shape(images)[1]
+    padding = [[0, 0], [shift_pixels, shift_pixels], [shift_pixels, shift_pixels], [0, 0]]
+    padded = tf.pad(images, padding, mode="REFLECT")
+    return tf.map_fn(
         lambda image: tf.image.random_crop(image, [size, size, tf.shape(image)[-1]]), padded
     )
-    return images, labels
 
 
 def _expand_files(file_patterns: list[str]) -> list[str]:

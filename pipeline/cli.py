@@ -59,6 +59,26 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="Peak learning rate of fine-tuning pre-trained weights (default: %(default)s).",
     )
     training.add_argument(
+        "--optimizer",
+        choices=cfg.OPTIMIZERS,
+        default=defaults.optimizer,
+        help="Optimizer: adam, or sgd with Nesterov momentum (default: %(default)s).",
+    )
+    training.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help="Decoupled weight decay per unit of learning rate, 0 for none "
+        "(default: %(default)s).",
+    )
+    training.add_argument(
+        "--shift-pixels",
+        type=int,
+        default=defaults.shift_pixels,
+        help="Largest random shift of training images in pixels, 0 for flips only "
+        "(default: %(default)s).",
+    )
+    training.add_argument(
         "--batch-size",
         type=int,
         default=defaults.batch_size,
@@ -150,6 +170,9 @@ def training_config(args: argparse.Namespace, base_weights: str) -> cfg.Training
         fine_tune_layers=args.fine_tune_layers,
         learning_rate=args.learning_rate,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        shift_pixels=args.shift_pixels,
         steps_per_epoch=args.steps_per_epoch,
         eval_steps=args.eval_steps,
         seed=args.seed,

@@ -52,6 +52,11 @@ STRATEGY_MIRRORED = "mirrored"
 STRATEGY_MULTI_WORKER = "multi_worker_mirrored"
 STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER)
 
+# Values of `TrainingConfig.optimizer`.
+OPTIMIZER_ADAM = "adam"
+OPTIMIZER_SGD = "sgd"
+OPTIMIZERS = (OPTIMIZER_ADAM, OPTIMIZER_SGD)
+
 # ResNet50 downsamples by 32, so keras.applications rejects smaller inputs.
 MIN_IMAGE_SIZE = 32
 
@@ -109,8 +114,15 @@ class TrainingConfig:
     dropout: float = 0.2
     # Label smoothing of the cross-entropy loss, 0 turns it off.
     label_smoothing: float = 0.1
-    # Random horizontal flips and 4-pixel translations of training images.
+    # "adam", or "sgd" (with Nesterov momentum). Both decay weights decoupled
+    # from the gradient by `weight_decay` per unit of learning rate.
+    optimizer: str = OPTIMIZER_ADAM
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # Random horizontal flips of training images, and random shifts by up to
+    # `shift_pixels` pixels in each direction (0 turns shifts off).
     augment: bool = True
+    shift_pixels: int = 4
     # Stop a phase after this many epochs without a lower loss on `eval`.
     early_stopping_patience: int = 3
     # Steps per epoch; None runs one full pass over the split per epoch.
@@ -159,6 +171,18 @@ class TrainingConfig:
             raise ConfigError(
                 f"distribution_strategy={self.distribution_strategy!r} is not one of "
                 f"{', '.join(STRATEGIES)}."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer={self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}."
+            )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum={self.momentum} must be in [0, 1).")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} must not be negative.")
+        if self.shift_pixels < 0 or self.shift_pixels >= self.image_size:
+            raise ConfigError(
+                f"shift_pixels={self.shift_pixels} must be in 0..{self.image_size - 1}."
             )
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} must not be negative.")
