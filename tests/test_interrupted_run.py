@@ -1,4 +1,4 @@
-"""A run killed (SIGKILL) during training completes when the same command runs again."""
+"""A run killed (SIGKILL) mid-way completes when the same command runs again."""
 
 from __future__ import annotations
 
@@ -30,47 +30,63 @@ def runner_command(source: pathlib.Path, output: pathlib.Path) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "local_runner.py"), *arguments]
 
 
-def wait_for_backup(process: subprocess.Popen, backups: pathlib.Path, epoch: int) -> None:
-    """Return once an epoch backup of at least `epoch` exists; fail if the run ends first."""
+def kill_when(process: subprocess.Popen, ready, what: str) -> None:
+    """SIGKILL the run and its children once `ready()` is true; fail if the run ends first."""
     deadline = time.monotonic() + TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if any(
-            int(path.name.split("-")[1]) >= epoch for path in backups.glob("*/fine_tune/epoch-*")
-        ):
-            return
-        if process.poll() is not None:
-            pytest.fail(f"local_runner.py ended (status {process.returncode}) before the kill")
-        time.sleep(0.05)
-    pytest.fail(f"No backup of epoch {epoch} in {backups} after {TIMEOUT_SECONDS} s")
+    try:
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            if process.poll() is not None:
+                pytest.fail(f"local_runner.py ended (status {process.returncode}) before {what}")
+            time.sleep(0.05)
+        pytest.fail(f"No {what} after {TIMEOUT_SECONDS} s")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def start_run(command: list[str], log_path: pathlib.Path) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        # A session of its own, so the kill reaches Beam's and TFX's children too.
+        return subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def rerun(command: list[str]) -> str:
+    """Run `command` to its end; return what it printed."""
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_SECONDS
+    )
+    printed = finished.stdout + finished.stderr
+    assert finished.returncode == 0, printed[-3000:]
+    return printed
+
+
+def pushed_versions(output: pathlib.Path) -> list[str]:
+    folder = output / "serving" / "cifar10"
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
 
 def test_killed_training_resumes_from_last_epoch_on_rerun(cifar_subset, tmp_path):
     output = tmp_path / "run"
     command = runner_command(cifar_subset, output)
     backups = output / "pipeline" / pipeline.TRAINER_BACKUPS_FOLDER
-    first_log = tmp_path / "first.log"
 
-    # First run: killed with everything it started once epoch 2 is backed up.
-    with open(first_log, "w") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_for_backup(process, backups, epoch=2)
-        finally:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (output / "serving" / "cifar10").exists() or not any(
-        (output / "serving" / "cifar10").iterdir()
-    ), "a killed run must not have pushed a model"
-
-    # Second run: the same command completes.
-    rerun = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_SECONDS
+    # First run: killed once the Trainer has backed up its second epoch.
+    process = start_run(command, tmp_path / "first.log")
+    kill_when(
+        process,
+        lambda: any(
+            int(path.name.split("-")[1]) >= 2 for path in backups.glob("*/fine_tune/epoch-*")
+        ),
+        "a backup of epoch 2",
     )
-    printed = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, printed[-3000:]
+    assert process.returncode == -signal.SIGKILL
+    assert pushed_versions(output) == [], "a killed run must not push a model"
+
+    printed = rerun(command)
 
     # Training went on from a backup of epoch 2 or later instead of epoch 1.
     resumed = [line for line in printed.splitlines() if "Resuming after epoch" in line]
@@ -88,6 +104,25 @@ def test_killed_training_resumes_from_last_epoch_on_rerun(cifar_subset, tmp_path
         assert states[node_id] == "cached", states
     assert states["Trainer"] == "complete"
 
-    # The model was pushed and the backups removed.
-    assert [path.name.isdigit() for path in (output / "serving" / "cifar10").iterdir()] == [True]
+    # One version was pushed and the backups removed.
+    assert [name.isdigit() for name in pushed_versions(output)] == [True]
     assert not any(backups.glob("*/*")), sorted(backups.rglob("*"))
+
+
+def test_run_killed_during_evaluation_reuses_the_trained_model(cifar_subset, tmp_path):
+    output = tmp_path / "run"
+    command = runner_command(cifar_subset, output)
+    evaluator_outputs = output / "pipeline" / "Evaluator"
+
+    process = start_run(command, tmp_path / "first.log")
+    kill_when(process, evaluator_outputs.exists, "the Evaluator's output folder")
+    assert pushed_versions(output) == []
+
+    printed = rerun(command)
+
+    summary = run_summary.summarize_run(str(output / "metadata.sqlite"), cfg.PIPELINE_NAME)
+    states = {component.node_id: component.state for component in summary.components}
+    assert states["Trainer"] == "cached", states
+    assert states["Evaluator"] == "complete", states
+    assert "Resuming after epoch" not in printed
+    assert [name.isdigit() for name in pushed_versions(output)] == [True]
