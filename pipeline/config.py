@@ -212,8 +212,6 @@ class EvaluationConfig:
     # Largest drop of test accuracy, as a fraction, allowed against the last
     # blessed model. 0 means the candidate must be at least as accurate.
     max_accuracy_drop: float = 0.0
-    # Examples per batch when TFMA runs the model.
-    batch_size: int = 64
 
     def validate(self) -> None:
         if not 0 <= self.min_accuracy <= 1:
