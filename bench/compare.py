@@ -186,7 +186,12 @@ def verdicts(values: dict[str, float | None]) -> list[dict]:
     rows = []
     for key, description, bound, kind in TARGETS:
         value = values[key]
-        met = None if value is None else (value <= bound if kind == "max" else value >= bound)
+        if value is None:
+            met = None
+        elif kind == "max":
+            met = value <= bound
+        else:
+            met = value >= bound
         rows.append(
             {"key": key, "description": description, "bound": bound, "kind": kind, "value": value}
             | {"met": met}

@@ -3,11 +3,12 @@
     python bench/keras_baseline.py --source ../shared/datasets/cifar10-images.tar.gz \\
         --epochs 5 --output-dir /tmp/baseline
 
-What a notebook would do: decode every image of the archive into a NumPy
-array, divide by 255, hold out 10 % of each class of `train` for validation,
-`model.fit` a randomly initialised Keras ResNet50 with a new head (Dense 128,
-Dropout 0.5, softmax) under Adam at its default rate, then `model.evaluate`
-on `test`. No augmentation, no schedule, Keras' own BatchNormalization.
+What a notebook would do. It decodes every image of the archive into a
+NumPy array, divides by 255 and holds out 10 % of each class of `train` for
+validation. It then runs `model.fit` on a randomly initialised Keras ResNet50
+with a new head (Dense 128, Dropout 0.5, softmax) under Adam at its default
+rate, and `model.evaluate` on `test`. No augmentation, no schedule, Keras'
+own BatchNormalization.
 
 The source is the image layout data preparation also reads:
 train/<class>/*.jpg and test/<class>/*.jpg in a .tar, .tar.gz or .zip or a

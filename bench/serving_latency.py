@@ -36,7 +36,7 @@ from components import exporter, model  # noqa: E402
 BATCH = 64
 
 
-def test_jpegs(source: str, count: int) -> list[bytes]:
+def first_test_images(source: str, count: int) -> list[bytes]:
     """The first `count` encoded images of the source's test split."""
     images = []
     for split, _, data in iter_images(source):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-repeats", type=int, default=20, help="Batch calls per side.")
     args = parser.parse_args(argv)
 
-    jpegs = test_jpegs(args.source, BATCH)
+    jpegs = first_test_images(args.source, BATCH)
     signature = tf.saved_model.load(args.model_dir).signatures[exporter.SERVING_SIGNATURE]
 
     def call_signature(images: tf.Tensor) -> None:

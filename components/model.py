@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -230,6 +231,24 @@ def _assign_in_order(targets, sources, part: str, source_dir: str) -> None:
                 "matches or pass --base-weights none."
             )
         target.assign(source)
+
+
+def zero_init_residual_branches(base: keras.Model) -> int:
+    """Set the scale (gamma) of the last batch norm of each residual branch to 0; return the count.
+
+    Each residual block then starts as the identity, so a randomly initialised
+    ResNet trains like a shallow network at first and converges faster (Goyal
+    et al., "Accurate, Large Minibatch SGD", 2017, section 5.1). In Keras'
+    ResNet50 these layers are conv<stage>_block<n>_3_bn.
+    """
+    count = 0
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and re.fullmatch(
+            r"conv\d_block\d+_3_bn", layer.name
+        ):
+            layer.gamma.assign(tf.zeros_like(layer.gamma))
+            count += 1
+    return count
 
 
 def set_trainable_layers(base: keras.Model, fine_tune_layers: int, pretrained: bool) -> int:

@@ -166,7 +166,11 @@ def load_base_weights(
     """Fill the base model's weights as configured; return whether they are pre-trained."""
     choice = config.base_weights
     if choice == BASE_WEIGHTS_NONE:
-        logger.info("Base weights: random initialisation.")
+        if config.zero_init_residual:
+            count = model.zero_init_residual_branches(base)
+            logger.info("Base weights: random initialisation, %d residual branches at 0.", count)
+        else:
+            logger.info("Base weights: random initialisation.")
         return False
     if choice == BASE_WEIGHTS_IMAGENET:
         path = model.fetch_imagenet_weights(url=config.imagenet_weights_url)
@@ -273,7 +277,7 @@ def train_phase(
 def make_optimizer(
     config: TrainingConfig, schedule: keras.optimizers.schedules.LearningRateSchedule
 ) -> keras.optimizers.Optimizer:
-    """Adam, or SGD with Nesterov momentum, as TrainingConfig.optimizer says."""
+    """Build the optimizer TrainingConfig.optimizer names: Adam, or SGD with Nesterov momentum."""
     # Keras 3 applies weight_decay decoupled from the gradient (AdamW's rule);
     # None keeps the decay step out of the graph.
     weight_decay = config.weight_decay or None

@@ -114,15 +114,20 @@ class TrainingConfig:
     dropout: float = 0.2
     # Label smoothing of the cross-entropy loss, 0 turns it off.
     label_smoothing: float = 0.1
+    # From random initialisation, start each residual block as the identity
+    # (the last batch norm of its branch scaled by 0), which speeds up training.
+    zero_init_residual: bool = True
     # "adam", or "sgd" (with Nesterov momentum). Both decay weights decoupled
     # from the gradient by `weight_decay` per unit of learning rate.
     optimizer: str = OPTIMIZER_ADAM
     momentum: float = 0.9
     weight_decay: float = 0.0
     # Random horizontal flips of training images, and random shifts by up to
-    # `shift_pixels` pixels in each direction (0 turns shifts off).
+    # `shift_pixels` pixels in each direction (0 turns shifts off). Shifts
+    # slowed learning within 5 epochs from random initialisation here
+    # (docs/benchmarks.md); longer runs may gain from 4.
     augment: bool = True
-    shift_pixels: int = 4
+    shift_pixels: int = 0
     # Stop a phase after this many epochs without a lower loss on `eval`.
     early_stopping_patience: int = 3
     # Steps per epoch; None runs one full pass over the split per epoch.

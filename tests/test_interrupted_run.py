@@ -30,7 +30,7 @@ def runner_command(source: pathlib.Path, output: pathlib.Path) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "local_runner.py"), *arguments]
 
 
-def kill_when(process: subprocess.Popen, ready, what: str) -> None:
+def kill_when(process: subprocess.Popen, ready, description: str) -> None:
     """SIGKILL the run and its children once `ready()` is true; fail if the run ends first."""
     deadline = time.monotonic() + TIMEOUT_SECONDS
     try:
@@ -38,9 +38,11 @@ def kill_when(process: subprocess.Popen, ready, what: str) -> None:
             if ready():
                 return
             if process.poll() is not None:
-                pytest.fail(f"local_runner.py ended (status {process.returncode}) before {what}")
+                pytest.fail(
+                    f"local_runner.py ended (status {process.returncode}) before {description}"
+                )
             time.sleep(0.05)
-        pytest.fail(f"No {what} after {TIMEOUT_SECONDS} s")
+        pytest.fail(f"No {description} after {TIMEOUT_SECONDS} s")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -42,7 +42,7 @@ def test_epoch_backup_keeps_only_the_last_complete_epoch(tmp_path):
     ]
 
 
-def test_rerun_resumes_after_last_backup_with_its_weights_and_optimizer(tmp_path):
+def test_resume_restores_weights_and_optimizer(tmp_path):
     folder = tmp_path / "phase"
     first = small_model(1)
     fit_with_backup(first, str(folder), epochs=2)
