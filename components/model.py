@@ -237,9 +237,9 @@ def zero_init_residual_branches(base: keras.Model) -> int:
     """Set the scale (gamma) of the last batch norm of each residual branch to 0; return the count.
 
     Each residual block then starts as the identity, so a randomly initialised
-    ResNet trains like a shallow network at first and converges faster (Goyal
-    et al., "Accurate, Large Minibatch SGD", 2017, section 5.1). In Keras'
-    ResNet50 these layers are conv<stage>_block<n>_3_bn.
+    ResNet trains like a shallow network at first and converges faster
+    (arXiv:1706.02677; torchvision's ResNet offers it as zero_init_residual).
+    In Keras' ResNet50 these layers are conv<stage>_block<n>_3_bn.
     """
     count = 0
     for layer in base.layers:

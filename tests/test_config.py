@@ -34,6 +34,10 @@ def make_config(tmp_path, **changes) -> cfg.PipelineConfig:
         ({"learning_rate": 0.0}, "learning_rate=0.0 must be positive"),
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"base_weights": "imagenett"}, "base_weights='imagenett'"),
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop' is not one of adam, sgd"),
+        ({"momentum": 1.0}, r"momentum=1.0 must be in \[0, 1\)"),
+        ({"weight_decay": -1e-4}, "weight_decay=-0.0001 must not be negative"),
+        ({"shift_pixels": 32}, r"shift_pixels=32 must be in 0..31"),
     ],
 )
 def test_invalid_training_value_rejected(changes, message):
