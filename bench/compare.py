@@ -26,9 +26,7 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from importlib import metadata
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +34,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, BENCH_DIR)
 
-from pipeline_run import PACKAGES, PeakMemory, cpu_model  # noqa: E402
+from pipeline_run import PACKAGES, cpu_model, run_measured  # noqa: E402
 
 from pipeline import config as cfg  # noqa: E402
 from pipeline import run_summary  # noqa: E402
@@ -62,19 +60,13 @@ TARGETS = (
 )
 
 
-def run_measured(command: list[str], log_path: str) -> tuple[float, int]:
-    """Run `command` with its output in `log_path`; return (wall seconds, peak RSS bytes)."""
-    print("Running:", shlex.join(command), f"(log: {log_path})", flush=True)
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        with PeakMemory(process.pid) as memory:
-            status = process.wait()
-    wall = time.monotonic() - started
+def run_checked(command: list[str], log_path: str) -> tuple[float, int]:
+    """Run `command` (pipeline_run.run_measured); return (wall seconds, peak RSS bytes)."""
+    status, wall, peak = run_measured(command, log_path)
     if status != 0:
         raise SystemExit(f"{command[1]} exited with {status}; see {log_path}")
-    print(f"  done in {wall:.1f} s, peak {memory.peak_bytes / GIB:.2f} GiB", flush=True)
-    return wall, memory.peak_bytes
+    print(f"  done in {wall:.1f} s, peak {peak / GIB:.2f} GiB", flush=True)
+    return wall, peak
 
 
 def run_baseline(args: argparse.Namespace, folder: str) -> dict:
@@ -96,7 +88,7 @@ def run_baseline(args: argparse.Namespace, folder: str) -> dict:
     ]
     if args.quick:
         command += ["--max-per-class", str(QUICK_PER_CLASS)]
-    wall, peak = run_measured(command, os.path.join(folder, "baseline.log"))
+    wall, peak = run_checked(command, os.path.join(folder, "baseline.log"))
     with open(os.path.join(folder, "baseline.json")) as handle:
         record = json.load(handle)
     record.update(process_wall_seconds=wall, peak_rss_bytes=peak)
@@ -134,7 +126,7 @@ def run_pipeline(args: argparse.Namespace, folder: str) -> dict:
         os.path.join(folder, "serving"),
         *runner_args,
     ]
-    wall, peak = run_measured(command, os.path.join(folder, "runner.log"))
+    wall, peak = run_checked(command, os.path.join(folder, "runner.log"))
     summary = run_summary.summarize_run(os.path.join(folder, "metadata.sqlite"), cfg.PIPELINE_NAME)
     with open(os.path.join(summary.model_run_uri, "history.json")) as handle:
         history = json.load(handle)["fine_tune"]
@@ -163,7 +155,7 @@ def run_serving(args: argparse.Namespace, folder: str, model_dir: str) -> dict:
         "--output",
         output,
     ]
-    run_measured(command, os.path.join(folder, "latency.log"))
+    run_checked(command, os.path.join(folder, "latency.log"))
     with open(output) as handle:
         return json.load(handle)
 

@@ -69,6 +69,17 @@ class PeakMemory:
         self._thread.join()
 
 
+def run_measured(command: list[str], log_path: str) -> tuple[int, float, int]:
+    """Run `command` with its output in `log_path`; return (status, wall seconds, peak RSS)."""
+    print("Running:", shlex.join(command), f"(log: {log_path})", flush=True)
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        with PeakMemory(process.pid) as memory:
+            status = process.wait()
+    return status, time.monotonic() - started, memory.peak_bytes
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as handle:
@@ -99,13 +110,7 @@ def main() -> int:
         *runner_args,
     ]
     log_path = os.path.join(output_dir, "runner.log")
-    print("Running:", shlex.join(command), f"(log: {log_path})", flush=True)
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        with PeakMemory(process.pid) as memory:
-            status = process.wait()
-    wall_seconds = time.monotonic() - started
+    status, wall_seconds, peak_bytes = run_measured(command, log_path)
     if status != 0:
         print(f"local_runner.py exited with {status}; see {log_path}", file=sys.stderr)
         return status
@@ -127,7 +132,7 @@ def main() -> int:
         },
         "versions": {name: metadata.version(name) for name in PACKAGES},
         "wall_seconds": wall_seconds,
-        "peak_rss_bytes": memory.peak_bytes,
+        "peak_rss_bytes": peak_bytes,
         "components": {
             component.node_id: {"state": component.state, "seconds": component.seconds}
             for component in summary.components
