@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output-dir", required=True, help="Folder of both runs and results.")
+    parser.add_argument("--output-dir", help="Folder of both runs and results (required).")
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="Image archive or folder.")
     parser.add_argument("--quick", action="store_true", help="A subset and 2 epochs.")
     parser.add_argument("--epochs", type=int, default=None, help="Default: 5, or 2 with --quick.")
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(render_markdown(record))
         return 0
+    if not args.output_dir:
+        parser.error("--output-dir is required, e.g. --output-dir /tmp/compare.")
     if args.epochs is None:
         args.epochs = QUICK_EPOCHS if args.quick else FULL_EPOCHS
     if not os.path.exists(args.source):
