@@ -822,6 +822,73 @@ def test_cmyk_jpeg_decoded_as_rgb(tmp_path):
     np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), [255, 127, 0], atol=3)
 
 
+def pil_bytes(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def test_rgba_palette_and_gray_images_decode_as_rgb(tmp_path):
+    from components import transform
+
+    rng = np.random.default_rng(5)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    indices = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb = palette[indices]
+    # Every alpha value from 0 to 255 appears, so a decoder that blends alpha into the colors
+    # changes most pixels.
+    alpha = np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) % 256
+    rgba = Image.fromarray(np.dstack([rgb, alpha.astype(np.uint8)]), mode="RGBA")
+    palette_image = Image.fromarray(indices, mode="P")
+    palette_image.putpalette(palette.reshape(-1).tolist())
+    palette_alpha = bytes(rng.integers(0, 256, 256, dtype=np.uint8))
+    gif_palette = np.array([(200, 30, 40), (20, 180, 60), (10, 20, 220)], dtype=np.uint8)
+    gif_indices = (np.arange(32)[:, None] // 4 + np.arange(32)[None, :] // 8) % 3
+    gif_image = Image.fromarray(gif_indices.astype(np.uint8), mode="P")
+    gif_image.putpalette(gif_palette.reshape(-1).tolist())
+    gray = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4
+    images = {
+        "rgba.png": pil_bytes(rgba, "PNG"),
+        "palette.png": pil_bytes(palette_image, "PNG"),
+        "palette-transparent.png": pil_bytes(palette_image, "PNG", transparency=palette_alpha),
+        "palette-transparent.gif": pil_bytes(gif_image, "GIF", transparency=0),
+        "gray.jpg": pil_bytes(Image.fromarray(gray, mode="L"), "JPEG", quality=95),
+    }
+    with Image.open(io.BytesIO(images["palette-transparent.gif"])) as written:
+        assert written.mode == "P"
+        gif_written_indices = np.asarray(written)
+        gif_transparent_index = written.info["transparency"]
+        gif_written_palette = np.array(written.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    assert (gif_written_indices == gif_transparent_index).any()
+    files = small_image_files({"train": ["a", "b"], "test": ["a", "b"]})
+    files.update({f"train/a/{name}": data for name, data in images.items()})
+    folder = write_folder(tmp_path / "images", files)
+
+    prepared = dp.prepare_dataset(str(folder), tmp_path / "data", eval_fraction=0.2)
+
+    stored = [image_raw for image_raw, _ in read_split(prepared.root, "train")]
+    stored += [image_raw for image_raw, _ in read_split(prepared.root, "eval")]
+    for name, data in images.items():
+        assert data in stored, f"{name} was not stored unchanged"
+    model_inputs = transform.decode_and_resize(tf.constant(list(images.values())), 32).numpy()
+    assert model_inputs.shape == (len(images), 32, 32, 3)
+    assert np.isfinite(model_inputs).all()
+    # decode_and_resize scales to [0, 1], and resizing 32 x 32 to 32 x 32 keeps every pixel.
+    pixels = dict(zip(images, np.round(model_inputs * 255).astype(np.uint8), strict=True))
+    # TensorFlow's PNG decoder drops alpha, also a palette's tRNS alpha, without blending it.
+    np.testing.assert_array_equal(pixels["rgba.png"], rgb)
+    np.testing.assert_array_equal(pixels["palette.png"], rgb)
+    np.testing.assert_array_equal(pixels["palette-transparent.png"], rgb)
+    # TensorFlow's GIF decoder returns black for the transparent index of the first frame.
+    gif_expected = gif_written_palette[gif_written_indices]
+    gif_expected[gif_written_indices == gif_transparent_index] = 0
+    np.testing.assert_array_equal(pixels["palette-transparent.gif"], gif_expected)
+    gray_decoded = pixels["gray.jpg"]
+    np.testing.assert_array_equal(gray_decoded[..., 1], gray_decoded[..., 0])
+    np.testing.assert_array_equal(gray_decoded[..., 2], gray_decoded[..., 0])
+    np.testing.assert_allclose(gray_decoded[..., 0], gray, atol=4)
+
+
 def test_exif_rotation_applied(tmp_path):
     # Red left half and blue right half, 16 x 8, shown rotated 90 degrees clockwise
     # (EXIF orientation 6), so that the upright image is 8 x 16 with red on top.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import tensorflow as tf
 from conftest import analyze_transform, encode_png, jpeg_bytes
+from PIL import Image
 
 from components import transform
 
@@ -13,6 +16,12 @@ def transform_images(tft_output, images: list[bytes]) -> np.ndarray:
     features = {transform.IMAGE_KEY: tf.constant(images)}
     outputs = tft_output.transform_raw_features(features, drop_unused_features=True)
     return outputs[transform.TRANSFORMED_IMAGE_KEY].numpy()
+
+
+def pil_bytes(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
 
 
 def test_normalised_training_images_have_zero_mean_unit_std(real_images, transform_output):
@@ -65,6 +74,41 @@ def test_other_sizes_and_grayscale_become_rgb_at_image_size(transform_output, pn
     # the channels differ only by the per-channel constants.
     gray = outputs[2]
     assert np.corrcoef(gray[..., 0].ravel(), gray[..., 1].ravel())[0, 1] > 0.999
+
+
+def test_rgba_palette_and_gray_jpeg_become_rgb(transform_output):
+    rng = np.random.default_rng(2)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    indices = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb = palette[indices]
+    alpha = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    alpha[:8] = 0  # Fully transparent rows keep their colors too.
+    palette_image = Image.fromarray(indices, mode="P")
+    palette_image.putpalette(palette.reshape(-1).tolist())
+    gray = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4
+    gray_jpeg = pil_bytes(Image.fromarray(gray, mode="L"), "JPEG", quality=95)
+    with Image.open(io.BytesIO(gray_jpeg)) as decoded_jpeg:
+        gray_of_jpeg = np.asarray(decoded_jpeg)
+    images = [
+        pil_bytes(Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), "PNG"),
+        pil_bytes(palette_image, "PNG"),
+        pil_bytes(palette_image, "PNG", transparency=bytes(rng.integers(0, 256, 256, np.uint8))),
+        gray_jpeg,
+    ]
+
+    outputs = transform_images(transform_output, images)
+    [rgb_reference, gray_reference] = transform_images(
+        transform_output, [encode_png(rgb), encode_png(np.repeat(gray_of_jpeg[..., None], 3, -1))]
+    )
+
+    assert outputs.shape == (4, 32, 32, 3)
+    assert np.isfinite(outputs).all()
+    # Alpha is dropped, not blended into the colors: each output equals that of the RGB pixels.
+    np.testing.assert_allclose(outputs[0], rgb_reference, atol=1e-6)
+    np.testing.assert_allclose(outputs[1], rgb_reference, atol=1e-6)
+    np.testing.assert_allclose(outputs[2], rgb_reference, atol=1e-6)
+    # TensorFlow's and PIL's JPEG decoders may differ by a few levels of 255.
+    np.testing.assert_allclose(outputs[3], gray_reference, atol=0.1)
 
 
 def test_image_size_from_custom_config(real_images, tmp_path):
