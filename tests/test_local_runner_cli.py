@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,6 +89,47 @@ def test_output_dir_that_cannot_be_created_exits_2(tmp_path, capsys):
 
     assert status == 2
     assert str(blocker / "runs") in output
+
+
+# setpriv (util-linux) options that remove CAP_DAC_OVERRIDE from the child process. Without it,
+# root is refused writes by a folder's mode bits like any other user.
+DROP_DAC_OVERRIDE = ["--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+
+
+def test_output_dir_not_writable_exits_2(tmp_path):
+    output = tmp_path / "read-only"
+    output.mkdir()
+    output.chmod(0o555)
+    command = [
+        sys.executable,
+        "local_runner.py",
+        "--output-dir",
+        str(output),
+        "--source",
+        str(tmp_path / "unused"),
+        "--base-weights",
+        "none",
+    ]
+    if os.geteuid() == 0:
+        # Root's CAP_DAC_OVERRIDE ignores the mode, so the run drops that capability first.
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("runs as root, and setpriv is missing to drop CAP_DAC_OVERRIDE")
+        probe = subprocess.run(
+            [setpriv, *DROP_DAC_OVERRIDE, "true"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"runs as root, and setpriv cannot drop CAP_DAC_OVERRIDE: {probe.stderr}")
+        command = [setpriv, *DROP_DAC_OVERRIDE, *command]
+
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert f"The output folder {output} is not writable" in result.stderr
+    assert "pass another --output-dir" in result.stderr
+    assert os.listdir(output) == []
 
 
 def test_bad_source_exits_2_naming_it(tmp_path, capsys):
