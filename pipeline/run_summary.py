@@ -224,8 +224,10 @@ def threshold_text(threshold) -> str:
         if bound.HasField("upper_bound"):
             parts.append(f"<= {bound.upper_bound.value:.4f}")
         return "the bound " + " and ".join(parts)
-    change = threshold.change_threshold
-    return f"the change threshold (allowed change >= {change.absolute.value:.4f} vs. the baseline)"
+    # The pipeline adds a slack of -1e-10 against float noise; rounding (and
+    # adding 0.0, which turns -0.0 into 0.0) shows the configured value.
+    allowed = round(threshold.change_threshold.absolute.value, 4) + 0.0
+    return f"the change threshold (allowed change >= {allowed:.4f} vs. the baseline)"
 
 
 def format_summary(summary: RunSummary, label_names: tuple[str, ...] = ()) -> str:

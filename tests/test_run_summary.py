@@ -140,3 +140,14 @@ def test_equal_accuracy_passes_default_change_threshold(tmp_path):
 
     assert validation.validation_ok
     assert summary.failed_thresholds == []
+
+
+def test_change_threshold_slack_shown_as_zero():
+    # The pipeline's default threshold is -1e-10 (a slack against float noise).
+    threshold = tfma.MetricThreshold(
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -1e-10}
+        )
+    )
+
+    assert "allowed change >= 0.0000 vs." in run_summary.threshold_text(threshold)
