@@ -111,20 +111,31 @@ def test_killed_training_resumes_from_last_epoch_on_rerun(cifar_subset, tmp_path
     assert not any(backups.glob("*/*")), sorted(backups.rglob("*"))
 
 
-def test_run_killed_during_evaluation_reuses_the_trained_model(cifar_subset, tmp_path):
+@pytest.mark.parametrize(
+    ("component", "cached", "rerun_components"),
+    [
+        ("Transform", ("ImportExampleGen", "StatisticsGen"), ("Transform", "Trainer")),
+        ("Evaluator", ("ImportExampleGen", "Transform", "Trainer"), ("Evaluator",)),
+    ],
+)
+def test_run_killed_in_component_reruns_unfinished_ones(
+    cifar_subset, tmp_path, component, cached, rerun_components
+):
     output = tmp_path / "run"
     command = runner_command(cifar_subset, output)
-    evaluator_outputs = output / "pipeline" / "Evaluator"
+    component_outputs = output / "pipeline" / component
 
     process = start_run(command, tmp_path / "first.log")
-    kill_when(process, evaluator_outputs.exists, "the Evaluator's output folder")
+    kill_when(process, component_outputs.exists, f"the {component}'s output folder")
     assert pushed_versions(output) == []
 
     printed = rerun(command)
 
     summary = run_summary.summarize_run(str(output / "metadata.sqlite"), cfg.PIPELINE_NAME)
-    states = {component.node_id: component.state for component in summary.components}
-    assert states["Trainer"] == "cached", states
-    assert states["Evaluator"] == "complete", states
+    states = {run.node_id: run.state for run in summary.components}
+    for node_id in cached:
+        assert states[node_id] == "cached", states
+    for node_id in rerun_components:
+        assert states[node_id] == "complete", states
     assert "Resuming after epoch" not in printed
     assert [name.isdigit() for name in pushed_versions(output)] == [True]
