@@ -292,11 +292,17 @@ def make_optimizer(
 
 
 def chief_callbacks(phase: str, model_run_dir: str) -> list[keras.callbacks.Callback]:
-    """TensorBoard logs and a checkpoint per epoch in this execution's folder."""
+    """TensorBoard logs and the phase's best weights (lowest `eval` loss) in this execution.
+
+    One file per phase, rewritten when the loss improves: ResNet50's weights
+    take about 94 MB, so a file per epoch would grow with every epoch.
+    """
     return [
         keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "logs", phase)),
         keras.callbacks.ModelCheckpoint(
-            os.path.join(model_run_dir, "checkpoints", phase + "-epoch{epoch:03d}.weights.h5"),
+            os.path.join(model_run_dir, "checkpoints", phase + "-best.weights.h5"),
+            monitor="val_loss",
+            save_best_only=True,
             save_weights_only=True,
         ),
     ]
