@@ -34,7 +34,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, BENCH_DIR)
 
-from pipeline_run import PACKAGES, cpu_model, run_measured  # noqa: E402
+from pipeline_run import PACKAGES, cpu_model, machine_line, run_measured  # noqa: E402
 
 from pipeline import config as cfg  # noqa: E402
 from pipeline import run_summary  # noqa: E402
@@ -202,10 +202,7 @@ def render_markdown(record: dict) -> str:
         f"{baseline['train_examples']:,} train, {baseline['validation_examples']:,} validation, "
         f"{baseline['test_examples']:,} test images)",
         "",
-        f"Date {record['date']}; {record['machine']['cores']} cores, {record['machine']['cpu']}; "
-        f"Python {record['machine']['python']}; "
-        + ", ".join(f"{name} {version}" for name, version in record["versions"].items())
-        + ".",
+        machine_line(record),
         "",
         "| target | measured | bound | met |",
         "| --- | ---: | ---: | --- |",

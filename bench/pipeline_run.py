@@ -151,14 +151,21 @@ def main() -> int:
     return 0
 
 
+def machine_line(record: dict) -> str:
+    """Return the Markdown line of a record's date, machine and package versions."""
+    machine = record["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
+    return (
+        f"Date {record['date']}; {machine['cores']} cores, {machine['cpu']}; "
+        f"Python {machine['python']}; {versions}."
+    )
+
+
 def render_markdown(record: dict) -> str:
     lines = [
         f"Command: `{record['command']}`",
         "",
-        f"Date {record['date']}; {record['machine']['cores']} cores, {record['machine']['cpu']}; "
-        f"Python {record['machine']['python']}; "
-        + ", ".join(f"{name} {version}" for name, version in record["versions"].items())
-        + ".",
+        machine_line(record),
         "",
         "| component | state | wall time (s) |",
         "| --- | --- | ---: |",

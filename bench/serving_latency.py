@@ -37,7 +37,7 @@ BATCH = 64
 
 
 def first_test_images(source: str, count: int) -> list[bytes]:
-    """The first `count` encoded images of the source's test split."""
+    """Return the first `count` encoded images of the source's test split."""
     images = []
     for split, _, data in iter_images(source):
         if split == "test":

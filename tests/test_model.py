@@ -195,7 +195,7 @@ def test_fused_batch_norm_matches_keras_layer(training):
     assert training == (not np.allclose(fused.moving_mean.numpy(), initial_moving_mean))
 
 
-def test_base_model_uses_fused_batch_norm_and_loads_keras_weights(classifier_and_base, tmp_path):
+def test_fused_base_loads_keras_weights(classifier_and_base, tmp_path):
     """Every batch norm of the base is fused, and plain Keras ResNet50 weights load into it."""
     _, base = classifier_and_base
     batch_norms = [layer for layer in base.layers if "BatchNormalization" in type(layer).__name__]
